@@ -1,0 +1,570 @@
+"""Load and validate the suite config (``benchmarks/selfopt.yaml``).
+
+Every error is a :class:`ConfigError` naming the file, the key (dotted, with list indices)
+and what was expected, so a bad config fails in one readable line before anything runs.
+
+Reference (every key, with its default)::
+
+    seed: 0                 # int; seeds simulators and any randomized choice
+    runs: 7                 # int >= 1; repetitions of every spec (--selfopt-runs overrides)
+    policy: seed            # non-empty string; the candidate policy (the plugin checks the name)
+    models:                 # required; alias -> model. Aliases appear in labels and ids.
+      lfm:
+        provider: openai    # required; sim, openai, anthropic or a registered provider
+        base_url: http://127.0.0.1:11434/v1   # provider options, checked by the provider
+        model: lfm2
+        api_key_env: LFM_KEY                   # NAME of the environment variable holding the key
+        price: {input_per_mtok: 0.1, output_per_mtok: 0.4}   # optional, for cost reports
+        simulated: false                       # optional bool
+    fallback_chain: [lfm]   # model aliases; a capability limit routes to the next one. []
+    variants:               # required; name -> template with "{prompt}" exactly once
+      native_api: "{prompt}"
+      atomic: {template: "Answer with the final answer only.\\n\\n{prompt}", system: "Be terse."}
+    knobs:                  # optional; your own knobs and their defaults (not core knob names)
+      temperature: 0.0
+    initial:                # required; the first baseline of every phase
+      model: lfm            # a models alias
+      variant: native_api   # a variants name
+      timeout_s: 60         # number > 0, per attempt
+      retries: 1            # int >= 0, extra attempts after a transport failure
+      isolation: i0         # i0 (reuse one client) or i1 (fresh client per call)
+      warmup: false         # bool; unmeasured warm-up calls before the first measured one
+      temperature: 0.0      # declared knobs may be set; missing ones take their default
+    search:                 # knob -> non-empty list of values; each candidate changes one knob
+      variant: [native_api, atomic]
+      timeout_s: [60, 120]
+    max_candidates: 4       # int >= 0; candidates per phase and cycle
+    gates:                  # optional; defaults are the seed's
+      min_samples: 3        # int >= 1 runs
+      max_variance: 0.0025  # 0..1, variance of run accuracies
+      min_restraint: 0.80   # 0..1
+      route_share: 0.5      # (0, 1], share of capability-limited cases that triggers a route
+      cooldown_cycles: 3    # int >= 0, cycles before a failed candidate is tried again
+
+Rules worth knowing:
+
+* API keys are only ever referenced by environment variable name (``api_key_env``, or
+  ``${VAR}`` inside ``headers``). A literal key (``api_key:``, ``token:``, ``Authorization:``,
+  or anything shaped like ``sk-...``) is refused, and the value is never repeated in the error.
+* YAML is read with YAML 1.2 scalars: only ``true``/``false`` are booleans (``yes``, ``no``,
+  ``on`` stay strings), ``1:30`` and ``2024-01-01`` stay strings, ``012`` is the string
+  ``"012"``. Booleans are refused where numbers are expected. Duplicate keys are an error.
+* Unknown keys are errors, with a did-you-mean.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+
+from .loop.types import (
+    CORE_KNOBS,
+    ISOLATIONS,
+    GateSettings,
+    LoopSettings,
+    Scalar,
+    SearchSpace,
+    Spec,
+)
+from .models import base as models_base
+
+DEFAULT_PATHS: tuple[str, ...] = ("benchmarks/selfopt.yaml", "selfopt.yaml")
+BUILTIN_PROVIDERS: tuple[str, ...] = ("sim", "openai", "anthropic")
+TOP_KEYS: tuple[str, ...] = ("seed", "runs", "policy", "models", "fallback_chain", "variants",
+                             "knobs", "initial", "search", "max_candidates", "gates")  # fmt: skip
+GATE_KEYS = ("min_samples", "max_variance", "min_restraint", "route_share", "cooldown_cycles")
+ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]*")
+KNOB_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SECRET_KEY = re.compile(r"(?:^|_)(?:api_?key|key|token|secret|passw(?:or)?d|bearer|authorization"
+                         r"|auth|credentials?|access_?key|private_?key)$")  # fmt: skip
+_SECRET_VALUE = re.compile(r"\b(?:sk-[\w-]{16,}|ghp_[A-Za-z0-9]{20,}|xox[abpr]-[A-Za-z0-9-]{10,}"
+                           r"|AKIA[0-9A-Z]{16}|AIza[\w-]{30,})")  # fmt: skip
+_ENV_REF = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
+_MISSING: Any = object()
+
+
+class ConfigError(Exception):
+    """A bad suite config or cases file, in one line: ``path: key: expected ..., got ...``.
+
+    ``path`` is shown relative to the working directory when inside it; ``key`` is dotted
+    (``cases[3].expect``) and empty for whole-file problems (missing file, bad YAML).
+    """
+
+    def __init__(self, path: str | Path, key: str, expected: str, got: str | None = None,
+                 message: str | None = None) -> None:  # fmt: skip
+        self.path, self.key, self.expected, self.got = display_path(path), key, expected, got
+        if message is None:
+            message = f"expected {expected}" + ("" if got is None else f", got {got}")
+        self.message = message
+        super().__init__(": ".join(p for p in (self.path, key, message) if p))
+
+    def __reduce__(self) -> tuple[Any, ...]:  # survives pickling (xdist, multiprocessing)
+        return (type(self), (self.path, self.key, self.expected, self.got, self.message))
+
+
+def display_path(path: str | Path) -> str:
+    """Relative to the working directory when inside it: shorter messages."""
+    p = Path(path)
+    try:
+        return str(p.relative_to(Path.cwd())) if p.is_absolute() else str(p)
+    except (ValueError, OSError):
+        return str(p)
+
+
+def show(value: Any, limit: int = 80) -> str:
+    """A short repr for 'got ...' (never called on secrets)."""
+    text = "null (empty)" if value is None else repr(plain(value))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def plain(value: Any) -> Any:
+    """Builtin dicts and lists all the way down (the loader's dicts carry line numbers)."""
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    return [plain(v) for v in value] if isinstance(value, list) else value
+
+
+def did_you_mean(word: Any, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def sub(key: str, name: Any) -> str:
+    """``sub("models", "lfm") == "models.lfm"``; ``sub("", "seed") == "seed"``."""
+    return f"{key}.{name}" if key else str(name)
+
+
+# --- YAML: 1.2 scalars, line numbers, no silent duplicate keys -----------------------------
+
+
+class LineDict(dict[Any, Any]):
+    """A mapping that remembers the line it started on (a case's ``source``)."""
+
+    line: int = 0
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe loader with YAML 1.2 scalars, so answers like ``no`` or ``1:30`` stay text."""
+
+
+_T = "tag:yaml.org,2002:"
+_Loader.yaml_implicit_resolvers = {
+    ch: [(t, rx) for t, rx in rs if t[len(_T):] not in ("bool", "int", "float", "timestamp")]
+    for ch, rs in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _tag, _rx, _first in (
+    ("bool", r"true|True|TRUE|false|False|FALSE", "tTfF"),
+    ("int", r"[-+]?(?:0|[1-9][0-9]*)", "-+0123456789"),
+    ("float", (r"[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+|[0-9]+(?=[eE]))(?:[eE][-+]?[0-9]+)?"
+               r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)"), "-+0123456789."),
+):  # fmt: skip
+    _Loader.add_implicit_resolver(_T + _tag, re.compile(f"^(?:{_rx})$"), list(_first))
+
+
+def _construct_map(loader: _Loader, node: yaml.MappingNode) -> Iterator[LineDict]:
+    data = LineDict()
+    data.line = node.start_mark.line + 1
+    yield data
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _T + "merge":
+            key = loader.construct_object(key_node)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {seen[key]})",
+                    key_node.start_mark)  # fmt: skip
+            seen[key] = key_node.start_mark.line + 1
+    data.update(loader.construct_mapping(node))
+
+
+_Loader.add_constructor(_T + "map", _construct_map)
+
+
+def load_yaml(path: Path, error: type[ConfigError], not_found: str) -> Any:
+    """Parse one YAML file; every failure (missing, unreadable, bad syntax) is ``error``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(path, "", "an existing file", message=not_found) from None
+    except UnicodeDecodeError:
+        raise error(path, "", "UTF-8 text", message="not UTF-8 text; save it as UTF-8") from None
+    except OSError as exc:
+        raise error(path, "", "a readable YAML file", message=f"cannot read it: {exc.strerror}") from None
+    try:
+        return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = exc.problem or exc.context or "syntax error"
+        raise error(path, "", "valid YAML", message=f"not valid YAML{where}: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise error(path, "", "valid YAML", message=f"not valid YAML: {exc}") from None
+
+
+class Reader:
+    """Typed accessors over loaded YAML that raise ``error`` naming file, key and expectation."""
+
+    def __init__(self, path: str | Path, error: type[ConfigError] = ConfigError) -> None:
+        self.path, self.error = Path(path), error
+
+    def fail(self, key: str, expected: str, value: Any = _MISSING, message: str | None = None) -> NoReturn:
+        raise self.error(self.path, key, expected, None if value is _MISSING else show(value), message)
+
+    def missing(self, key: str, expected: str) -> NoReturn:
+        self.fail(key, expected, message=f"missing; expected {expected}")
+
+    def mapping(self, value: Any, key: str, allowed: Sequence[str] | None = None, hint: str = "") -> Mapping[str, Any]:
+        """A mapping with text keys; with ``allowed``, unknown keys fail with a did-you-mean."""
+        if not isinstance(value, Mapping):
+            self.fail(key, "a mapping (indented `name: value` lines)", value)
+        for k in value:
+            if not isinstance(k, str):
+                self.fail(sub(key, k), "a text key", message=f"expected a text key, got {show(k)}")
+            if allowed is not None and k not in allowed:
+                known = ", ".join(allowed)
+                self.fail(sub(key, k), f"one of: {known}",
+                          message=f"unknown key; expected one of: {known}{did_you_mean(k, allowed)}{hint}")  # fmt: skip
+        return value
+
+    def integer(self, value: Any, key: str, lo: int | None = None) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or (lo is not None and value < lo):
+            self.fail(key, "a whole number" + ("" if lo is None else f" >= {lo}"), value)
+        return value
+
+    def number(self, value: Any, key: str, lo: float | None = None, hi: float | None = None,
+               lo_open: bool = False) -> float:  # fmt: skip
+        """A finite int or float (never a boolean) within the bounds; returned as float."""
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        if not (ok and (lo is None or (value > lo if lo_open else value >= lo)) and (hi is None or value <= hi)):
+            low = "" if lo is None else f"above {lo:g}" if lo_open else f">= {lo:g}"
+            if lo is not None and hi is not None:
+                want = f"a number above {lo:g} and at most {hi:g}" if lo_open else f"a number from {lo:g} to {hi:g}"
+            else:
+                want = f"a number {low}".rstrip()
+            self.fail(key, want, value)
+        return float(value)
+
+    def boolean(self, value: Any, key: str) -> bool:
+        if not isinstance(value, bool):
+            self.fail(key, "true or false", value)
+        return value
+
+    def string(self, value: Any, key: str, pattern: re.Pattern[str] | None = None, what: str = "") -> str:
+        if not isinstance(value, str) or not value.strip() or (pattern and not pattern.fullmatch(value)):
+            self.fail(key, what or "a non-empty string", value)
+        return value
+
+    def choice(self, value: Any, key: str, choices: Sequence[str], what: str) -> str:
+        if not isinstance(value, str) or value not in choices:
+            want = f"{what} (one of: {', '.join(choices)})"
+            self.fail(key, want, value, f"expected {want}, got {show(value)}{did_you_mean(value, choices)}")
+        return value
+
+    def items(self, value: Any, key: str, what: str) -> list[Any]:
+        if not isinstance(value, list):
+            self.fail(key, what, value)
+        return value
+
+
+# --- the suite config ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One entry of ``models:``; ``options`` is everything but ``provider``, as plain data."""
+
+    name: str
+    provider: str
+    options: Mapping[str, Any] = field(hash=False)
+
+    @property
+    def price(self) -> tuple[float, float] | None:
+        """``(input_per_mtok, output_per_mtok)``: currency per million tokens, if configured."""
+        price = self.options.get("price")
+        if not isinstance(price, Mapping):
+            return None
+        return float(price["input_per_mtok"]), float(price["output_per_mtok"])
+
+
+@dataclass(frozen=True)
+class VariantConfig:
+    """A named prompt template; ``{prompt}`` is replaced literally, so braces stay safe."""
+
+    name: str
+    template: str
+    system: str | None = None
+
+    def render(self, prompt: str) -> str:
+        return self.template.replace("{prompt}", prompt)
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    """The validated suite config; ``root`` is the config file's folder (paths resolve there)."""
+
+    path: Path
+    root: Path
+    seed: int
+    runs: int
+    policy: str
+    models: Mapping[str, ModelConfig] = field(hash=False)
+    fallback_chain: tuple[str, ...]
+    variants: Mapping[str, VariantConfig] = field(hash=False)
+    initial: Spec
+    declared_knobs: Mapping[str, Scalar] = field(hash=False)
+    search: SearchSpace
+    max_candidates: int
+    gates: GateSettings
+
+    def loop_settings(self) -> LoopSettings:
+        return LoopSettings(
+            initial=self.initial, search=self.search, max_candidates=self.max_candidates,
+            gates=self.gates, fallback_chain=self.fallback_chain, runs=self.runs,
+            seed=self.seed, policy=self.policy,
+        )  # fmt: skip
+
+
+def find_config(rootdir: Path, configured: str | None) -> Path | None:
+    """The configured path (relative to ``rootdir``), else the first default that exists."""
+    if configured:
+        return Path(rootdir) / configured  # an absolute ``configured`` wins the join
+    return next((Path(rootdir) / p for p in DEFAULT_PATHS if (Path(rootdir) / p).is_file()), None)
+
+
+def load_config(path: str | Path) -> SuiteConfig:
+    """Read and validate a suite config; raises :class:`ConfigError` on the first problem."""
+    path = Path(path)
+    r = Reader(path)
+    doc = load_yaml(path, ConfigError, "file not found; create it or set selfopt_config in your pytest ini")
+    if doc is None:
+        r.fail("", "settings", message="the file is empty; expected at least models, variants and initial")
+    top = r.mapping(doc, "")
+    _refuse_secrets(r, top, "")
+    r.mapping(top, "", TOP_KEYS)
+    for name, want in (("models", "a mapping of model alias to {provider: ..., ...}"),
+                       ("variants", 'a mapping of variant name to a template with "{prompt}"'),
+                       ("initial", "the first spec: " + ", ".join(CORE_KNOBS))):  # fmt: skip
+        if name not in top:
+            r.missing(name, want)
+    models, variants = _models(r, top["models"]), _variants(r, top["variants"])
+    knobs = _Knobs(r, list(models), list(variants), _declared(r, _section(top, "knobs")))
+    chain = r.items(top.get("fallback_chain", []), "fallback_chain", "a list of model aliases")
+    for i, alias in enumerate(chain):
+        r.choice(alias, f"fallback_chain[{i}]", list(models), "a model alias")
+        if alias in chain[:i]:
+            r.fail(f"fallback_chain[{i}]", "each model once", message=f"{alias!r} is listed twice")
+    return SuiteConfig(
+        path=path, root=path.parent, seed=r.integer(top.get("seed", 0), "seed"),
+        runs=r.integer(top.get("runs", 7), "runs", lo=1),
+        policy=r.string(top.get("policy", "seed"), "policy", what="a policy name"),
+        models=models, fallback_chain=tuple(chain), variants=variants,
+        initial=knobs.initial(top["initial"]), declared_knobs=knobs.declared,
+        search=knobs.search(_section(top, "search")),
+        max_candidates=r.integer(top.get("max_candidates", 4), "max_candidates", lo=0),
+        gates=_gates(r, _section(top, "gates")),
+    )  # fmt: skip
+
+
+def _section(top: Mapping[str, Any], key: str) -> Any:
+    """An optional section; left empty (``gates:`` and nothing under it) means defaults."""
+    return {} if top.get(key) is None else top[key]
+
+
+def _refuse_secrets(r: Reader, value: Any, key: str) -> None:
+    """Fail on anything that looks like a literal credential, without ever echoing it."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            name = re.sub(r"[^a-z0-9]+", "_", str(k).lower())
+            if k != "api_key_env" and _SECRET_KEY.search(name) and isinstance(v, str):
+                rest = _ENV_REF.sub("", v).strip()  # "Bearer ${OPENAI_API_KEY}" is a reference
+                if rest and rest.lower() not in ("bearer", "basic", "token"):
+                    _secret(r, sub(key, k))
+            _refuse_secrets(r, v, sub(key, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _refuse_secrets(r, v, f"{key}[{i}]")
+    elif isinstance(value, str) and _SECRET_VALUE.search(value):
+        _secret(r, key)
+
+
+def _secret(r: Reader, key: str) -> NoReturn:
+    r.fail(key, "no literal secrets", message=(
+        "looks like a literal API key or token (value not shown); never put keys in config "
+        "files: export it as an environment variable and reference it by name, e.g. "
+        "api_key_env: OPENAI_API_KEY (headers may use ${VAR}); rotate the key if this file "
+        "was ever committed"))  # fmt: skip
+
+
+def _models(r: Reader, raw: Any) -> dict[str, ModelConfig]:
+    entries = r.mapping(raw, "models")
+    if not entries:
+        r.fail("models", "at least one model", raw)
+    registered = models_base.provider_names()
+    known = sorted(set(registered) | set(BUILTIN_PROVIDERS))
+    out: dict[str, ModelConfig] = {}
+    for alias, entry in entries.items():
+        key = f"models.{alias}"
+        r.string(alias, key, NAME, "a model alias of letters, digits and ._:/@+-")
+        e = r.mapping(entry, key)
+        if "provider" not in e:
+            r.missing(f"{key}.provider", f"one of: {', '.join(known)}")
+        kind = r.choice(e["provider"], f"{key}.provider", known, "a provider")
+        options: dict[str, Any] = {k: plain(v) for k, v in e.items() if k != "provider"}
+        if "api_key_env" in options and not ENV_NAME.fullmatch(str(options["api_key_env"])):
+            r.fail(f"{key}.api_key_env", "an environment variable NAME", message=(
+                "expected the NAME of an environment variable holding the key, like OPENAI_API_KEY "
+                "(capitals, digits, underscores); the value is not shown in case it is the key"))  # fmt: skip
+        if "price" in options:
+            price = r.mapping(options["price"], f"{key}.price", ["input_per_mtok", "output_per_mtok"])
+            for part in ("input_per_mtok", "output_per_mtok"):
+                if part not in price:
+                    r.missing(f"{key}.price.{part}", "a number >= 0 (currency per million tokens)")
+                r.number(price[part], f"{key}.price.{part}", lo=0)
+        r.boolean(options.get("simulated", False), f"{key}.simulated")
+        if kind == "sim":  # the simulator ignores other keys, so a typo would pass silently
+            from .models.sim import SIM_KEYS
+
+            r.mapping(e, key, sorted(SIM_KEYS | {"provider", "model", "api_key_env", "price",
+                                                 "simulated", "description"}))  # fmt: skip
+        try:
+            models_base.create_provider(kind, alias, options)
+        except LookupError as exc:  # a builtin whose module is not there: only its own refusal counts
+            if kind in registered:
+                _provider_error(r, key, exc)
+        except (ValueError, TypeError) as exc:
+            _provider_error(r, key, exc)
+        out[alias] = ModelConfig(name=alias, provider=kind, options=options)
+    return out
+
+
+def _provider_error(r: Reader, key: str, exc: Exception) -> NoReturn:
+    """Providers say ``"skill.atomic: expected ..."``; fold that sub-key into ours."""
+    text = str(exc)
+    found = re.match(r"([\w.\[\]-]+): (.*)", text, re.DOTALL)
+    if found:
+        key, text = f"{key}.{found[1]}", found[2]
+    r.fail(key, text.removeprefix("expected ").split(", got ")[0], message=text)
+
+
+def _variants(r: Reader, raw: Any) -> dict[str, VariantConfig]:
+    entries = r.mapping(raw, "variants")
+    if not entries:
+        r.fail("variants", 'at least one variant, e.g. native_api: "{prompt}"', raw)
+    out: dict[str, VariantConfig] = {}
+    for name, value in entries.items():
+        key, system = f"variants.{name}", None
+        r.string(name, key, NAME, "a variant name of letters, digits and ._:/@+-")
+        if isinstance(value, Mapping):
+            r.mapping(value, key, ["template", "system"])
+            if "template" not in value:
+                r.missing(f"{key}.template", 'a template containing "{prompt}"')
+            template, key = value["template"], f"{key}.template"
+            if value.get("system") is not None:
+                system = r.string(value["system"], f"variants.{name}.system", what="a system prompt")
+        elif isinstance(value, str):
+            template = value
+        else:
+            r.fail(key, 'a template string with "{prompt}", or {template: ..., system: ...}', value)
+        count = template.count("{prompt}") if isinstance(template, str) else 0
+        if count != 1:
+            r.fail(key, 'a template containing "{prompt}" exactly once', template, message=(
+                f'expected a template containing "{{prompt}}" exactly once, found it {count} '
+                f"times in {show(template)}"))  # fmt: skip
+        out[name] = VariantConfig(name=name, template=template, system=system)
+    return out
+
+
+def _declared(r: Reader, raw: Any) -> dict[str, Scalar]:
+    """User knobs and their defaults; core knob names are taken."""
+    out: dict[str, Scalar] = {}
+    for name, default in r.mapping(raw, "knobs").items():
+        key = f"knobs.{name}"
+        if name in CORE_KNOBS or name == "spec_id":
+            r.fail(key, "a knob of your own", message=(
+                f"{name!r} is a core knob; set it under initial: and search:, not knobs:"))  # fmt: skip
+        r.string(name, key, KNOB_NAME, "a knob name of letters, digits and _")
+        if not isinstance(default, str | int | float) or not math.isfinite(default if isinstance(default, int | float) else 0):
+            r.fail(key, "a default value: a string, number or true/false", default)
+        out[name] = default
+    return out
+
+
+@dataclass(frozen=True)
+class _Knobs:
+    """Checks knob values (in ``initial`` and ``search``) against models, variants and knobs."""
+
+    r: Reader
+    models: list[str]
+    variants: list[str]
+    declared: Mapping[str, Scalar]
+
+    def value(self, knob: str, value: Any, key: str) -> Scalar:
+        """One knob value, checked, in its canonical type (``timeout_s`` is a float)."""
+        r = self.r
+        if knob in ("model", "variant", "isolation"):
+            choices = {"model": self.models, "variant": self.variants, "isolation": list(ISOLATIONS)}
+            what = {"model": "a model alias", "variant": "a variant name", "isolation": "an isolation level"}
+            return r.choice(value, key, choices[knob], what[knob])
+        if knob == "timeout_s":
+            return r.number(value, key, lo=0, lo_open=True)
+        if knob == "retries":
+            return r.integer(value, key, lo=0)
+        default = self.declared.get(knob, False)  # warmup is a bool
+        if isinstance(default, bool):
+            return r.boolean(value, key)
+        if isinstance(default, int | float):
+            r.number(value, key)
+            return value
+        return r.string(value, key, what="a string (like the knob's default)")
+
+    def _mapping(self, raw: Any, key: str) -> Mapping[str, Any]:
+        hint = " (declare your own knobs under knobs: first)"
+        return self.r.mapping(raw, key, [*CORE_KNOBS, *self.declared], hint)
+
+    def initial(self, raw: Any) -> Spec:
+        m = self._mapping(raw, "initial")
+        for knob in CORE_KNOBS:
+            if knob not in m:
+                self.r.missing(f"initial.{knob}", _KNOB_HELP[knob])
+        core = {k: self.value(k, m[k], f"initial.{k}") for k in CORE_KNOBS}
+        extra = tuple((k, self.value(k, m[k], f"initial.{k}") if k in m else d)
+                      for k, d in self.declared.items())  # fmt: skip
+        return Spec(**core, extra=extra)  # type: ignore[arg-type]
+
+    def search(self, raw: Any) -> SearchSpace:
+        knobs: list[tuple[str, tuple[Scalar, ...]]] = []
+        for knob, values in self._mapping(raw, "search").items():
+            key = f"search.{knob}"
+            if not isinstance(values, list) or not values:
+                self.r.fail(key, "a non-empty list of values to try", values)
+            seen: list[Scalar] = []
+            for i, value in enumerate(values):
+                if (v := self.value(knob, value, f"{key}[{i}]")) in seen:
+                    self.r.fail(f"{key}[{i}]", "each value once", message=f"{show(value)} is listed twice")
+                seen.append(v)
+            knobs.append((knob, tuple(seen)))
+        return SearchSpace(knobs=tuple(knobs))
+
+
+_KNOB_HELP = {"model": "a model alias from models:", "variant": "a variant name from variants:",
+              "timeout_s": "a number of seconds above 0", "retries": "a whole number >= 0",
+              "isolation": "i0 or i1", "warmup": "true or false"}  # fmt: skip
+
+
+def _gates(r: Reader, raw: Any) -> GateSettings:
+    g, d = r.mapping(raw, "gates", GATE_KEYS), GateSettings()
+    return GateSettings(
+        min_samples=r.integer(g.get("min_samples", d.min_samples), "gates.min_samples", lo=1),
+        max_variance=r.number(g.get("max_variance", d.max_variance), "gates.max_variance", 0, 1),
+        min_restraint=r.number(g.get("min_restraint", d.min_restraint), "gates.min_restraint", 0, 1),
+        route_share=r.number(g.get("route_share", d.route_share), "gates.route_share", 0, 1, True),
+        cooldown_cycles=r.integer(g.get("cooldown_cycles", d.cooldown_cycles), "gates.cooldown_cycles", 0),
+    )

@@ -1,0 +1,192 @@
+"""The loop, composed: the plugin calls ``plan_cycle`` before collection and ``close_cycle``
+at session end; everything in between is measurement.
+
+Per phase (sorted): evaluate -> decide (the configured gate policy) -> diagnose every spec ->
+learn (winner, new baseline) -> recommend (from the new baseline's spec and from every HOLD
+candidate, applied to that candidate's spec) -> enforce (route, pending, audit).
+
+Pending candidates of the previous cycle that did not fit this cycle's plan (cap) are carried
+over unless they became the baseline or are cooling down; pending candidates of phases not
+planned this cycle are carried over untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from .decide import GatePolicy, get_policy
+from .diagnose import diagnose, recommend
+from .enforce import enforce
+from .evaluate import SampleColumns, as_columns, empty_stats, evaluate
+from .generate import cooling_down, generate
+from .learn import learn
+from .types import (
+    HOLD,
+    AuditRecord,
+    CycleOutcome,
+    Decision,
+    Diagnosis,
+    LoopSettings,
+    LoopState,
+    PendingCandidate,
+    PhaseBaseline,
+    PhaseOutcome,
+    PhasePlan,
+    Recommendation,
+    Sample,
+    SpecStats,
+    TriedSpec,
+)
+
+INITIAL_REASON = "initial spec from selfopt.yaml"
+
+
+def _baseline(state: LoopState, settings: LoopSettings, phase: str) -> PhaseBaseline:
+    found = state.baselines.get(phase)
+    if found is not None:
+        return found
+    return PhaseBaseline(phase, settings.initial, None, 0, INITIAL_REASON)
+
+
+def plan_cycle(
+    state: LoopState, settings: LoopSettings, phases: Sequence[str]
+) -> dict[str, PhasePlan]:
+    """Every phase's plan for cycle ``state.last_cycle + 1``, phases sorted."""
+    cycle = state.last_cycle + 1
+    return {
+        phase: generate(
+            phase,
+            _baseline(state, settings, phase).spec,
+            settings,
+            state.pending,
+            state.tried,
+            cycle,
+        )
+        for phase in sorted(set(phases))
+    }
+
+
+def close_cycle(
+    state: LoopState,
+    settings: LoopSettings,
+    plans: Mapping[str, PhasePlan],
+    samples: Sequence[Sample] | SampleColumns,
+) -> CycleOutcome:
+    """Decide, diagnose, learn and enforce every planned phase from this cycle's samples."""
+    cycle = state.last_cycle + 1
+    all_stats = evaluate(as_columns(samples))
+    policy = get_policy(settings.policy)
+    outcomes: list[PhaseOutcome] = []
+    pending: list[PendingCandidate] = []
+    audit: list[AuditRecord] = []
+    for phase in sorted(plans):
+        outcome, phase_pending, phase_audit = _close_phase(
+            state, settings, plans[phase], all_stats, policy, cycle
+        )
+        outcomes.append(outcome)
+        pending.extend(phase_pending)
+        audit.extend(phase_audit)
+    pending.extend(p for p in state.pending if p.phase not in plans)
+    return CycleOutcome(
+        cycle=cycle,
+        seed=settings.seed,
+        runs=settings.runs,
+        policy=policy.name,
+        phases=tuple(outcomes),
+        pending=tuple(pending),
+        audit=tuple(audit),
+    )
+
+
+def _close_phase(
+    state: LoopState,
+    settings: LoopSettings,
+    plan: PhasePlan,
+    all_stats: Mapping[tuple[str, str], SpecStats],
+    policy: GatePolicy,
+    cycle: int,
+) -> tuple[PhaseOutcome, tuple[PendingCandidate, ...], tuple[AuditRecord, ...]]:
+    phase = plan.phase
+    stats = {
+        spec.id: all_stats.get((phase, spec.id)) or empty_stats(phase, spec.id)
+        for spec in plan.specs
+    }
+    labels = {c.spec.id: c.spec.label(plan.baseline) for c in plan.candidates}
+    decisions = policy.decide(
+        phase,
+        stats[plan.baseline.id],
+        [(c, stats[c.spec.id]) for c in plan.candidates],
+        settings.gates,
+        labels,
+    )
+    diagnoses_by_spec: dict[str, tuple[Diagnosis, ...]] = {
+        spec_id: diagnose(s, s.runs or settings.runs) for spec_id, s in stats.items()
+    }
+    before = _baseline(state, settings, phase)
+    winner, after = learn(phase, plan, stats, decisions, before, cycle)
+
+    def recs_for(spec_id: str) -> tuple[Recommendation, ...]:
+        spec = next(s for s in plan.specs if s.id == spec_id)
+        return recommend(
+            phase, spec, diagnoses_by_spec[spec_id], settings, len(stats[spec_id].case_ids)
+        )
+
+    recommendations = list(recs_for(after.spec.id))
+    for d in decisions:
+        if d.verdict == HOLD:
+            recommendations.extend(recs_for(d.spec_id))
+    route_before = state.routes.get(phase)
+    route, new_pending, audit, enforced = enforce(
+        phase,
+        plan,
+        decisions,
+        winner,
+        after,
+        route_before,
+        recommendations,
+        settings,
+        state.tried,
+        cycle,
+    )
+    carried = _carry_over(state, settings, plan, after, decisions, new_pending, cycle)
+    outcome = PhaseOutcome(
+        phase=phase,
+        plan=plan,
+        stats=stats,
+        decisions=tuple(decisions),
+        diagnoses=tuple(d for spec in plan.specs for d in diagnoses_by_spec[spec.id]),
+        recommendations=tuple(recommendations),
+        winner=winner,
+        baseline_before=before,
+        baseline_after=after,
+        route_before=route_before,
+        route_after=route,
+        enforced=enforced,
+    )
+    return outcome, carried + new_pending, audit
+
+
+def _carry_over(
+    state: LoopState,
+    settings: LoopSettings,
+    plan: PhasePlan,
+    after: PhaseBaseline,
+    decisions: Sequence[Decision],
+    new_pending: Sequence[PendingCandidate],
+    cycle: int,
+) -> tuple[PendingCandidate, ...]:
+    """Earlier pending candidates of this phase that the plan had no room for."""
+    planned = {s.id for s in plan.specs}
+    now = [TriedSpec(plan.phase, d.spec_id, cycle, d.verdict, "") for d in decisions]
+    blocked = cooling_down(
+        plan.phase, (*state.tried, *now), cycle + 1, settings.gates.cooldown_cycles
+    )
+    seen = {after.spec.id} | {p.spec.id for p in new_pending}
+    out = []
+    for p in state.pending:
+        sid = p.spec.id
+        if p.phase != plan.phase or sid in planned or sid in seen or sid in blocked:
+            continue
+        seen.add(sid)
+        out.append(p)
+    return tuple(out)

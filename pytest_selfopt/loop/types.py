@@ -1,0 +1,491 @@
+"""Plain frozen data that flows through the loop.
+
+Everything here is builtins-only on the outside (``to_dict``/``from_dict`` give JSON-able
+dicts), so samples can cross xdist's execnet channel and records can be written to the
+committed files without any conversion layer. No pytest, no network, no files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Mapping, Sequence
+
+Scalar = str | int | float | bool
+
+#: The six knobs every spec has, in canonical order. User-declared knobs follow, sorted.
+CORE_KNOBS: tuple[str, ...] = ("model", "variant", "timeout_s", "retries", "isolation", "warmup")
+ISOLATIONS: tuple[str, ...] = ("i0", "i1")
+
+PROMOTE = "PROMOTE"
+HOLD = "HOLD"
+REJECT = "REJECT"
+VERDICTS: tuple[str, ...] = (PROMOTE, HOLD, REJECT)
+
+# Error kinds a sample can carry (``None`` when it passed).
+WRONG_ANSWER = "wrong_answer"
+TRANSPORT_ERROR_KINDS: frozenset[str] = frozenset(
+    {"timeout", "connect", "http_429", "http_5xx", "http_4xx", "protocol", "config"}
+)
+
+
+def _canonical_scalar(knob: str, value: Any) -> Scalar:
+    """One spelling per value, so the same spec always hashes the same."""
+    if knob == "timeout_s":
+        return float(value)
+    if knob == "retries":
+        return int(value)
+    if knob == "warmup":
+        return bool(value)
+    if knob in ("model", "variant", "isolation"):
+        return str(value)
+    if isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return float(value)
+    raise TypeError(f"knob {knob!r}: expected a string, number or boolean, got {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One full configuration. Immutable; identified by a hash of its canonical knobs."""
+
+    model: str
+    variant: str
+    timeout_s: float
+    retries: int
+    isolation: str
+    warmup: bool
+    extra: tuple[tuple[str, Scalar], ...] = ()
+
+    def __post_init__(self) -> None:
+        for knob in CORE_KNOBS:
+            object.__setattr__(self, knob, _canonical_scalar(knob, getattr(self, knob)))
+        extra = tuple(sorted((str(k), _canonical_scalar(str(k), v)) for k, v in self.extra))
+        object.__setattr__(self, "extra", extra)
+
+    def knobs(self) -> dict[str, Scalar]:
+        """Canonical knob mapping: the six core knobs in order, then extras sorted by name."""
+        out: dict[str, Scalar] = {k: getattr(self, k) for k in CORE_KNOBS}
+        out.update(self.extra)
+        return out
+
+    @property
+    def id(self) -> str:
+        """Short stable hash of the canonical form (10 hex digits)."""
+        blob = json.dumps(self.knobs(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+    def get(self, knob: str) -> Scalar:
+        knobs = self.knobs()
+        if knob not in knobs:
+            raise KeyError(knob)
+        return knobs[knob]
+
+    def with_knob(self, knob: str, value: Scalar) -> Spec:
+        """The same spec with one knob changed (core or user-declared)."""
+        if knob in CORE_KNOBS:
+            return replace(self, **{knob: value})  # type: ignore[arg-type]
+        extra = dict(self.extra)
+        extra[knob] = value
+        return replace(self, extra=tuple(extra.items()))
+
+    def diff(self, other: Spec) -> dict[str, tuple[Scalar | None, Scalar | None]]:
+        """Knobs whose value differs, as ``{knob: (other's value, self's value)}``."""
+        mine, theirs = self.knobs(), other.knobs()
+        out: dict[str, tuple[Scalar | None, Scalar | None]] = {}
+        for knob in list(theirs) + [k for k in mine if k not in theirs]:
+            if mine.get(knob) != theirs.get(knob):
+                out[knob] = (theirs.get(knob), mine.get(knob))
+        return out
+
+    def label(self, baseline: Spec) -> str:
+        """What differs from ``baseline``: ``variant=atomic``; ``baseline`` when nothing does."""
+        changes = self.diff(baseline)
+        if not changes:
+            return "baseline"
+        return ",".join(f"{k}={format_scalar(new)}" for k, (_, new) in changes.items())
+
+    def to_dict(self) -> dict[str, Scalar]:
+        return self.knobs()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Spec:
+        core = {k: data[k] for k in CORE_KNOBS}
+        extra = tuple((k, v) for k, v in data.items() if k not in CORE_KNOBS and k != "spec_id")
+        return cls(**core, extra=extra)
+
+
+def format_scalar(value: Scalar | None) -> str:
+    """Human spelling used in labels and ids: ``60`` not ``60.0``, ``true`` not ``True``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Result of one (spec, case, run). Crosses the xdist channel as ``to_dict()``."""
+
+    phase: str
+    spec_id: str
+    case_id: str
+    run: int  # 1-based
+    passed: bool
+    restraint: float | None  # fraction of the case's constraints kept; None: case has none
+    latency_s: float  # the answering (last) attempt
+    total_latency_s: float  # all attempts, backoff included
+    attempts: int
+    error_kind: str | None  # None when passed; "wrong_answer", "timeout", "http_5xx", ...
+    input_tokens: int = 0
+    output_tokens: int = 0
+    started_at: float = 0.0  # wall clock (time.time()) when the measured call started
+    worker: str = "main"  # xdist worker id, "main" without xdist
+    model: str = ""  # the model that answered (differs from the spec's on fallback)
+    cost: float | None = None
+
+    @property
+    def transport_error(self) -> bool:
+        return self.error_kind in TRANSPORT_ERROR_KINDS
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Sample:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    """Thresholds of the seed's four gates (DESIGN.md §8) and of diagnosis aggregation."""
+
+    min_samples: int = 3
+    max_variance: float = 0.0025
+    min_restraint: float = 0.80
+    #: share of a phase's cases that must be capability-limited before a route is recommended
+    route_share: float = 0.5
+    #: cycles a failed candidate (rejected spec or unverified recommendation) is not re-proposed
+    cooldown_cycles: int = 3
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Per knob, the values generation may try, in the order they are tried."""
+
+    knobs: tuple[tuple[str, tuple[Scalar, ...]], ...] = ()
+
+    def values(self, knob: str) -> tuple[Scalar, ...]:
+        return dict(self.knobs).get(knob, ())
+
+
+@dataclass(frozen=True)
+class CasePattern:
+    """One case's R outcomes under one spec, in time order of their start."""
+
+    case_id: str
+    runs: tuple[int, ...]  # run numbers, in time order
+    outcomes: tuple[bool, ...]  # passed, in time order
+    error_kinds: tuple[str | None, ...]  # in time order
+    workers: tuple[str, ...]  # in time order
+    started_at: tuple[float, ...] = ()  # in time order
+
+    def render(self) -> str:
+        """``[F,F,P,P,P,P,P]``"""
+        return "[" + ",".join("P" if ok else "F" for ok in self.outcomes) + "]"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "case_id": self.case_id,
+            "pattern": self.render(),
+            "runs": list(self.runs),
+            "error_kinds": list(self.error_kinds),
+            "workers": list(self.workers),
+        }
+
+
+@dataclass(frozen=True)
+class SpecStats:
+    """Aggregates of one spec in one phase (output of ``loop.evaluate``)."""
+
+    phase: str
+    spec_id: str
+    runs: int  # R: number of distinct runs seen
+    run_accuracies: tuple[float, ...]  # by run number ascending
+    median: float
+    mean: float
+    variance: float  # population variance (ddof=0) of the run accuracies, as the seed
+    latency_p50_s: float
+    latency_p95_s: float
+    restraint: float | None  # mean over samples with constraints; None when no case has any
+    input_tokens: int
+    output_tokens: int
+    cost: float | None
+    samples: int
+    errored: int  # samples that ended in a transport error
+    case_ids: tuple[str, ...]  # columns of ``passes``, sorted
+    run_numbers: tuple[int, ...]  # rows of ``passes``, ascending
+    passes: tuple[tuple[bool, ...], ...]  # runs x cases raw pass matrix (paired tests)
+    patterns: tuple[CasePattern, ...]  # one per case, same order as case_ids
+
+    def metrics(self) -> dict[str, Any]:
+        """The summary written to baseline.yaml and history (no raw matrix)."""
+        return {
+            "runs": self.runs,
+            "median": self.median,
+            "mean": self.mean,
+            "variance": self.variance,
+            "restraint": self.restraint,
+            "latency_p50_s": self.latency_p50_s,
+            "latency_p95_s": self.latency_p95_s,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cost": self.cost,
+            "samples": self.samples,
+            "errored": self.errored,
+        }
+
+
+@dataclass(frozen=True)
+class GateResult:
+    name: str  # "samples" | "stability" | "improvement" | "restraint"
+    passed: bool
+    value: float | None
+    threshold: float | None
+    detail: str  # "median 0.833 > 0.667"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class Decision:
+    phase: str
+    spec_id: str
+    label: str
+    verdict: str  # PROMOTE | HOLD | REJECT
+    reason: str  # one line
+    gates: tuple[GateResult, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "phase": self.phase,
+            "spec_id": self.spec_id,
+            "label": self.label,
+            "verdict": self.verdict,
+            "reason": self.reason,
+            "gates": [g.to_dict() for g in self.gates],
+        }
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    phase: str
+    spec_id: str
+    case_id: str | None  # None: a spec-level diagnosis
+    kind: str  # stable_pass | cold_start | capability_limit | timeout_bound | flaky
+    pattern: str  # "[F,F,P,P,P,P,P]" ("" for spec-level)
+    detail: str
+    failures: int = 0  # failed samples behind the diagnosis
+    transport_failures: int = 0  # of which ended in a transport error (retries may cure them)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """A change to try: ``knob=value`` applied to the spec it was diagnosed on."""
+
+    phase: str
+    action: str  # enable_warmup | route_next_model | raise_timeout | raise_retries
+    knob: str
+    value: Scalar
+    spec_id: str  # the spec the diagnosis was made on
+    reason: str
+    evidence: tuple[str, ...] = ()  # case ids
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["evidence"] = list(self.evidence)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Recommendation:
+        d = dict(data)
+        d["evidence"] = tuple(d.get("evidence", ()))
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class PendingCandidate:
+    """A recommendation turned into a spec, waiting for the next cycle to verify it."""
+
+    phase: str
+    spec: Spec
+    recommendation: Recommendation
+    proposed_in_cycle: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "phase": self.phase,
+            "spec": self.spec.to_dict(),
+            "spec_id": self.spec.id,
+            "recommendation": self.recommendation.to_dict(),
+            "proposed_in_cycle": self.proposed_in_cycle,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PendingCandidate:
+        return cls(
+            phase=data["phase"],
+            spec=Spec.from_dict(data["spec"]),
+            recommendation=Recommendation.from_dict(data["recommendation"]),
+            proposed_in_cycle=int(data["proposed_in_cycle"]),
+        )
+
+
+@dataclass(frozen=True)
+class PhaseBaseline:
+    """One phase's champion as committed in baseline.yaml."""
+
+    phase: str
+    spec: Spec
+    metrics: Mapping[str, Any] | None  # SpecStats.metrics() when measured; None for `initial`
+    promoted_in_cycle: int  # 0: the suite's initial spec, never measured through the gates
+    reason: str
+
+
+@dataclass(frozen=True)
+class Route:
+    """What to run for one phase (routing.yaml): the baseline's knobs plus fallbacks."""
+
+    phase: str
+    spec: Spec
+    fallbacks: tuple[str, ...] = ()  # models to try, in order, after a transport failure
+
+    @property
+    def model(self) -> str:
+        return self.spec.model
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A spec to evaluate this cycle in one phase, and why it is there."""
+
+    phase: str
+    spec: Spec
+    origin: str  # "baseline" | "search" | "pending"
+    recommendation: Recommendation | None = None
+
+
+@dataclass(frozen=True)
+class PhasePlan:
+    """Ordered specs of one phase for this cycle: the baseline first, then candidates."""
+
+    phase: str
+    baseline: Spec
+    candidates: tuple[Candidate, ...] = ()
+
+    @property
+    def specs(self) -> tuple[Spec, ...]:
+        return (self.baseline,) + tuple(c.spec for c in self.candidates)
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One line of decisions.log."""
+
+    cycle: int
+    phase: str
+    event: str  # decision | promote | enforce | recommend | verify_failed | route
+    spec_id: str
+    label: str
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cycle": self.cycle,
+            "phase": self.phase,
+            "event": self.event,
+            "spec_id": self.spec_id,
+            "label": self.label,
+            "detail": dict(self.detail),
+        }
+
+
+@dataclass(frozen=True)
+class TriedSpec:
+    """A spec evaluated in an earlier cycle, read back from history (for cool-downs)."""
+
+    phase: str
+    spec_id: str
+    cycle: int
+    verdict: str
+    origin: str  # "search" | "pending"
+
+
+@dataclass(frozen=True)
+class LoopState:
+    """What the committed files say at the start of a cycle, as loop inputs."""
+
+    baselines: Mapping[str, PhaseBaseline]  # by phase; phases absent use the suite's initial
+    routes: Mapping[str, Route]  # by phase
+    pending: tuple[PendingCandidate, ...] = ()
+    tried: tuple[TriedSpec, ...] = ()
+    last_cycle: int = 0  # number of the last recorded cycle; this one is last_cycle + 1
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """The suite config's loop knobs, as loop inputs (config.py builds it)."""
+
+    initial: Spec
+    search: SearchSpace
+    max_candidates: int
+    gates: GateSettings
+    fallback_chain: tuple[str, ...]
+    runs: int
+    seed: int
+    policy: str = "seed"
+
+
+@dataclass(frozen=True)
+class PhaseOutcome:
+    """Everything one cycle found and did in one phase."""
+
+    phase: str
+    plan: PhasePlan
+    stats: Mapping[str, SpecStats]  # by spec id; every spec of the plan
+    decisions: tuple[Decision, ...]  # one per candidate, in plan order
+    diagnoses: tuple[Diagnosis, ...]
+    recommendations: tuple[Recommendation, ...]
+    winner: Candidate | None
+    baseline_before: PhaseBaseline
+    baseline_after: PhaseBaseline
+    route_before: Route | None
+    route_after: Route
+    enforced: tuple[str, ...] = ()  # human lines: "routing: model lfm -> claude-haiku (verified)"
+
+
+@dataclass(frozen=True)
+class CycleOutcome:
+    cycle: int
+    seed: int
+    runs: int
+    policy: str
+    phases: tuple[PhaseOutcome, ...]
+    pending: tuple[PendingCandidate, ...]  # for the next cycle
+    audit: tuple[AuditRecord, ...]
+
+    @property
+    def promoted(self) -> bool:
+        return any(p.winner is not None for p in self.phases)
+
+
+def spec_index(specs: Sequence[Spec]) -> dict[str, Spec]:
+    return {s.id: s for s in specs}

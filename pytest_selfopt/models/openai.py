@@ -1,0 +1,335 @@
+"""OpenAI-compatible chat completions over httpx: OpenAI, vLLM, Ollama, llama.cpp, LM Studio,
+LiteLLM proxy and the project's own simulator server (``selfopt sim-server``).
+
+Options (the model's entry in the suite config, minus ``provider``):
+
+``base_url``     required, ``http(s)://host[:port]/v1``; POST ``{base_url}/chat/completions``.
+``model``        the provider-side model name; default the suite's alias.
+``api_key_env``  name of the environment variable holding the API key (read at call time, sent as
+                 ``Authorization: Bearer``). The key never appears in an error, repr or log.
+``params``       mapping merged into the request body (``temperature``, ``max_tokens``, ...).
+``headers``      extra headers; values may reference environment variables as ``${VAR}``.
+``simulated``    true only for a simulator server: the case's reference then travels in the
+                 ``X-Selfopt-Reference`` header. A real provider never receives it.
+
+Error kinds: httpx timeouts and an attempt running past its total deadline (a trickled body)
+are ``timeout``; a refused, reset or dropped connection (also mid-response) is ``connect``;
+a complete response that is not valid chat-completion JSON is ``protocol``. The HTTP helpers
+below are shared with ``anthropic.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import httpx
+
+from .base import (
+    REFERENCE_HEADER,
+    ProviderError,
+    Reply,
+    Request,
+    display_url,
+    parse_retry_after,
+    redact,
+)
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+MAX_BODY_BYTES = 16 * 1024 * 1024
+SNIPPET_CHARS = 300
+#: Body keys the provider owns; ``params`` may not override them.
+_RESERVED_PARAMS = frozenset({"messages", "stream", "system"})
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    """Validated options common to the HTTP providers (no secret values are held here)."""
+
+    base_url: str
+    model: str
+    api_key_env: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)  # templates, "${VAR}" unresolved
+    simulated: bool = False
+
+
+def parse_http_options(
+    name: str, options: Mapping[str, Any], *, default_base_url: str | None = None
+) -> HttpOptions:
+    """Validate the shared options; ``ValueError`` names the sub-key, never echoes a secret."""
+    base_url = options.get("base_url", default_base_url)
+    if not isinstance(base_url, str) or not re.match(r"^https?://[^/\s]+", base_url):
+        shown = display_url(base_url) if isinstance(base_url, str) else repr(base_url)
+        raise ValueError(f"base_url: expected an http(s) URL, got {shown!r}")
+    model = options.get("model", name)
+    if not isinstance(model, str) or not model:
+        raise ValueError(f"model: expected the provider's model name as text, got {model!r}")
+    key_env = options.get("api_key_env")
+    if key_env is not None and (not isinstance(key_env, str) or not _ENV_NAME.match(key_env)):
+        raise ValueError(
+            "api_key_env: expected the NAME of an environment variable (letters, digits, _), "
+            "not the key itself"
+        )
+    params = options.get("params", {})
+    if not isinstance(params, Mapping) or not all(isinstance(k, str) for k in params):
+        raise ValueError(f"params: expected a mapping of body fields, got {type(params).__name__}")
+    for key in params:
+        if key in _RESERVED_PARAMS:
+            raise ValueError(f"params.{key}: set by the provider, cannot be overridden")
+    headers = options.get("headers", {})
+    if not isinstance(headers, Mapping):
+        raise ValueError(
+            f"headers: expected a mapping of header to value, got {type(headers).__name__}"
+        )
+    for hname, hvalue in headers.items():
+        if not isinstance(hname, str) or not isinstance(hvalue, str):
+            raise ValueError(f"headers.{hname}: expected a text value")  # value not echoed
+    simulated = options.get("simulated", False)
+    if not isinstance(simulated, bool):
+        raise ValueError(f"simulated: expected true or false, got {simulated!r}")
+    return HttpOptions(
+        base_url=base_url.rstrip("/"),
+        model=model,
+        api_key_env=key_env,
+        params=dict(params),
+        headers=dict(headers),
+        simulated=simulated,
+    )
+
+
+def resolve_headers(templates: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """Header values with ``${VAR}`` filled in from the environment, and those values (secrets)."""
+    out: dict[str, str] = {}
+    secrets: list[str] = []
+
+    def fill(match: re.Match[str]) -> str:
+        var = match.group(1)
+        value = os.environ.get(var)
+        if not value:
+            raise ProviderError(
+                "config", f"environment variable {var} (used in headers) is not set"
+            )
+        secrets.append(value)
+        return value
+
+    for hname, template in templates.items():
+        out[hname] = _ENV_REF.sub(fill, template)
+    return out, secrets
+
+
+def api_key(env_name: str) -> str:
+    """The key from the environment at call time; a missing one is a non-retryable config error."""
+    value = os.environ.get(env_name, "").strip()
+    if not value:
+        raise ProviderError("config", f"environment variable {env_name} (api_key_env) is not set")
+    return value
+
+
+def snippet(content: bytes, secrets: list[str]) -> str:
+    """A short, one-line, secret-free excerpt of a response body for an error message."""
+    text = " ".join(content.decode("utf-8", "replace").split())
+    text = redact(text, secrets)
+    return text if len(text) <= SNIPPET_CHARS else text[: SNIPPET_CHARS - 3] + "..."
+
+
+class HttpJsonClient:
+    """One ``httpx.Client`` (so a kept client really reuses its connections) posting JSON.
+
+    Every failure comes out as a classified :class:`ProviderError`. The attempt's timeout is both
+    httpx's per-operation timeout and a total deadline checked while the body streams in, so a
+    body trickled slower than the timeout still ends the attempt.
+    """
+
+    def __init__(self, base_url: str) -> None:
+        self._where = display_url(base_url)
+        # Proxy variables apply to real endpoints, never to a server on this machine.
+        loopback = (httpx.URL(base_url).host or "") in ("127.0.0.1", "localhost", "::1")
+        self._http = httpx.Client(follow_redirects=False, trust_env=not loopback)
+
+    def post_json(
+        self,
+        url: str,
+        body: Mapping[str, Any],
+        headers: Mapping[str, str],
+        timeout_s: float,
+        secrets: list[str],
+    ) -> Mapping[str, Any]:
+        where = self._where
+        deadline = time.monotonic() + timeout_s
+        try:
+            with self._http.stream(
+                "POST", url, json=body, headers=dict(headers), timeout=httpx.Timeout(timeout_s)
+            ) as resp:
+                chunks: list[bytes] = []
+                size = 0
+                for chunk in resp.iter_bytes():
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size > MAX_BODY_BYTES:
+                        raise ProviderError(
+                            "protocol", f"response from {where} over {MAX_BODY_BYTES} bytes"
+                        )
+                    if time.monotonic() > deadline:
+                        raise ProviderError(
+                            "timeout", f"response from {where} not complete within {timeout_s:g} s"
+                        )
+                content = b"".join(chunks)
+                status, resp_headers = resp.status_code, resp.headers
+        except httpx.TimeoutException as exc:
+            raise ProviderError(
+                "timeout", f"{type(exc).__name__}: no answer from {where} within {timeout_s:g} s"
+            ) from None
+        except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError) as exc:
+            detail = redact(str(exc), secrets)[:SNIPPET_CHARS]
+            raise ProviderError(
+                "connect", f"{type(exc).__name__} talking to {where}: {detail}"
+            ) from None
+        except httpx.DecodingError as exc:
+            raise ProviderError(
+                "protocol", f"undecodable response from {where}: {type(exc).__name__}"
+            ) from None
+        except (
+            httpx.HTTPError,
+            httpx.InvalidURL,
+        ) as exc:  # LocalProtocolError, UnsupportedProtocol...
+            raise ProviderError(
+                "config", f"{type(exc).__name__}: cannot send the request to {where}"
+            ) from None
+        if time.monotonic() > deadline:
+            raise ProviderError(
+                "timeout", f"response from {where} not complete within {timeout_s:g} s"
+            )
+        raise_for_status(status, resp_headers, content, where, secrets)
+        ctype = resp_headers.get("content-type", "")
+        if "json" not in ctype.lower():
+            excerpt = snippet(content, secrets)
+            raise ProviderError(
+                "protocol",
+                f"expected JSON from {where}, got content type {ctype!r}: {excerpt}",
+                status=status,
+            )
+        try:
+            data = json.loads(content)
+        except ValueError:
+            raise ProviderError(
+                "protocol",
+                f"malformed JSON from {where}: {snippet(content, secrets)}",
+                status=status,
+            ) from None
+        if not isinstance(data, dict):
+            raise ProviderError("protocol", f"expected a JSON object from {where}", status=status)
+        return data
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def raise_for_status(
+    status: int, headers: Mapping[str, str], content: bytes, where: str, secrets: list[str]
+) -> None:
+    """Classify a non-2xx status: 429, 5xx (529 included) and 4xx, with Retry-After parsed."""
+    if 200 <= status < 300:
+        return
+    if status == 429:
+        kind = "http_429"
+    elif status >= 500:
+        kind = "http_5xx"
+    elif status >= 400:
+        kind = "http_4xx"
+    else:
+        kind = "protocol"
+    raise ProviderError(
+        kind,
+        f"HTTP {status} from {where}: {snippet(content, secrets)}",
+        status=status,
+        retry_after_s=parse_retry_after(headers.get("retry-after")),
+    )
+
+
+def token_count(usage: Any, key: str) -> int | None:
+    value = usage.get(key) if isinstance(usage, Mapping) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+class OpenAIClient:
+    """Chat completions through one kept ``httpx.Client``."""
+
+    def __init__(self, provider: OpenAIProvider) -> None:
+        self._options = provider.options
+        self._http = HttpJsonClient(provider.options.base_url)
+
+    def complete(self, request: Request) -> Reply:
+        opts = self._options
+        headers, secrets = resolve_headers(opts.headers)
+        headers.setdefault("accept", "application/json")
+        if opts.api_key_env:
+            key = api_key(opts.api_key_env)
+            secrets.append(key)
+            headers["authorization"] = f"Bearer {key}"
+        if opts.simulated and request.reference is not None:
+            headers[REFERENCE_HEADER] = json.dumps(request.reference.to_dict())
+        messages: list[dict[str, str]] = []
+        if request.system:
+            messages.append({"role": "system", "content": request.system})
+        messages.append({"role": "user", "content": request.prompt})
+        body = {
+            **opts.params,
+            **request.params,
+            "model": request.model or opts.model,
+            "messages": messages,
+        }
+        data = self._http.post_json(
+            f"{opts.base_url}/chat/completions", body, headers, request.timeout_s, secrets
+        )
+        where = display_url(opts.base_url)
+        choices = data.get("choices")
+        message = (
+            choices[0].get("message")
+            if isinstance(choices, list) and choices and isinstance(choices[0], dict)
+            else None
+        )
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):  # content parts, as some servers send
+            parts = [
+                p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"
+            ]
+            content = "".join(p for p in parts if isinstance(p, str)) if parts else None
+        if not isinstance(content, str):
+            raise ProviderError(
+                "protocol", f"no choices[0].message.content in the reply from {where}"
+            )
+        usage = data.get("usage")
+        return Reply(
+            text=content,
+            input_tokens=token_count(usage, "prompt_tokens"),
+            output_tokens=token_count(usage, "completion_tokens"),
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+
+class OpenAIProvider:
+    simulated_time = False
+
+    def __init__(self, name: str, options: HttpOptions) -> None:
+        self.name = name
+        self.options = options
+        self.simulated = options.simulated
+
+    def new_client(self) -> OpenAIClient:
+        return OpenAIClient(self)
+
+    def __repr__(self) -> str:
+        return f"OpenAIProvider({self.name!r}, base_url={display_url(self.options.base_url)!r})"
+
+
+def create(name: str, options: Mapping[str, Any]) -> OpenAIProvider:
+    """Registry factory for ``provider: openai``; unknown keys are left to the config's checks."""
+    return OpenAIProvider(name, parse_http_options(name, options))

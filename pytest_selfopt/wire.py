@@ -1,0 +1,114 @@
+"""What the controller ships to xdist workers through ``workerinput``: plain builtins only.
+
+The controller computes the cycle's plans once; every worker rebuilds the same frozen
+objects from this, so every worker collects the same ordered items.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .loop.types import Candidate, PhasePlan, Recommendation, Route, Spec
+
+
+def plan_to_dict(plan: PhasePlan) -> dict[str, Any]:
+    return {
+        "phase": plan.phase,
+        "baseline": plan.baseline.to_dict(),
+        "candidates": [
+            {
+                "spec": c.spec.to_dict(),
+                "origin": c.origin,
+                "recommendation": c.recommendation.to_dict() if c.recommendation else None,
+            }
+            for c in plan.candidates
+        ],
+    }
+
+
+def plan_from_dict(data: Mapping[str, Any]) -> PhasePlan:
+    return PhasePlan(
+        phase=data["phase"],
+        baseline=Spec.from_dict(data["baseline"]),
+        candidates=tuple(
+            Candidate(
+                phase=data["phase"],
+                spec=Spec.from_dict(c["spec"]),
+                origin=c["origin"],
+                recommendation=(
+                    Recommendation.from_dict(c["recommendation"]) if c["recommendation"] else None
+                ),
+            )
+            for c in data["candidates"]
+        ),
+    )
+
+
+def route_to_dict(route: Route) -> dict[str, Any]:
+    return {"phase": route.phase, "spec": route.spec.to_dict(), "fallbacks": list(route.fallbacks)}
+
+
+def route_from_dict(data: Mapping[str, Any]) -> Route:
+    return Route(
+        phase=data["phase"], spec=Spec.from_dict(data["spec"]), fallbacks=tuple(data["fallbacks"])
+    )
+
+
+@dataclass(frozen=True)
+class Shipment:
+    """Everything a worker needs to collect and run exactly what the controller planned."""
+
+    selfopt: bool
+    runs: int
+    seed: int
+    plans: Mapping[str, PhasePlan]  # known phases
+    default_plan: PhasePlan | None  # for a phase first seen at collection (phase name "*")
+    routes: Mapping[str, Route]  # plain runs: the routed spec of each phase
+    default_route: Route | None  # phase name "*": the suite's initial spec
+
+    def plan_for(self, phase: str) -> PhasePlan | None:
+        if phase in self.plans:
+            return self.plans[phase]
+        if self.default_plan is None:
+            return None
+        base = self.default_plan
+        return PhasePlan(
+            phase=phase,
+            baseline=base.baseline,
+            candidates=tuple(
+                Candidate(phase, c.spec, c.origin, c.recommendation) for c in base.candidates
+            ),
+        )
+
+    def route_for(self, phase: str) -> Route | None:
+        if phase in self.routes:
+            return self.routes[phase]
+        if self.default_route is None:
+            return None
+        return Route(phase, self.default_route.spec, self.default_route.fallbacks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "selfopt": self.selfopt,
+            "runs": self.runs,
+            "seed": self.seed,
+            "plans": {k: plan_to_dict(v) for k, v in self.plans.items()},
+            "default_plan": plan_to_dict(self.default_plan) if self.default_plan else None,
+            "routes": {k: route_to_dict(v) for k, v in self.routes.items()},
+            "default_route": route_to_dict(self.default_route) if self.default_route else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Shipment:
+        return cls(
+            selfopt=bool(data["selfopt"]),
+            runs=int(data["runs"]),
+            seed=int(data["seed"]),
+            plans={k: plan_from_dict(v) for k, v in data["plans"].items()},
+            default_plan=plan_from_dict(data["default_plan"]) if data["default_plan"] else None,
+            routes={k: route_from_dict(v) for k, v in data["routes"].items()},
+            default_route=(
+                route_from_dict(data["default_route"]) if data["default_route"] else None
+            ),
+        )
