@@ -54,6 +54,7 @@ def prepare(
     baselines_dir: Path,
     *,
     selfopt: bool,
+    check: bool = False,
     runs: int | None = None,
     seed: int | None = None,
     plan_hook: PlanHook | None = None,
@@ -86,7 +87,15 @@ def prepare(
     )
     plans: dict[str, PhasePlan] = {}
     default_plan: PhasePlan | None = None
-    if selfopt:
+    if check:
+        # Check mode measures what runs today (the routed spec of each phase), nothing else.
+        for phase in known:
+            route = committed.routes.get(phase)
+            base = committed.baselines.get(phase)
+            spec = route.spec if route else base.spec if base else settings.initial
+            plans[phase] = PhasePlan(phase, spec)
+        default_plan = PhasePlan(ANY_PHASE, settings.initial)
+    elif selfopt:
         plans = dict(plan_cycle(state, settings, known))
         default_plan = plan_cycle(state, settings, [ANY_PHASE])[ANY_PHASE]
         if plan_hook is not None:
@@ -103,7 +112,7 @@ def prepare(
         routes.setdefault(phase, Route(phase, base.spec, fallbacks_after(settings, base.spec.model)))
     default_route = Route(ANY_PHASE, settings.initial, fallbacks_after(settings, settings.initial.model))
     shipment = Shipment(
-        selfopt=selfopt,
+        selfopt=selfopt or check,
         runs=settings.runs,
         seed=settings.seed,
         plans=plans,
@@ -207,12 +216,7 @@ def finish(
     history = [*prepared.committed.history, entry]
     markdown = report.markdown(outcome, history=history, written=written, dry_run=dry_run)
     if report_path is not None:
-        report_path.parent.mkdir(parents=True, exist_ok=True)
-        report_path.write_text(markdown, encoding="utf-8")
-        summary = os.environ.get("GITHUB_STEP_SUMMARY")
-        if summary:
-            with open(summary, "a", encoding="utf-8") as fh:
-                fh.write(markdown + "\n")
+        write_report(markdown, report_path)
     if json_path is not None:
         doc = report.json_document(outcome, [s.to_dict() for s in samples])
         json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -220,8 +224,66 @@ def finish(
     return Finished(outcome, written, undecided, markdown)
 
 
+def write_report(markdown: str, path: Path) -> None:
+    """The Markdown report at ``path``, and appended to GitHub's step summary when set."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(markdown, encoding="utf-8")
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a", encoding="utf-8") as fh:
+            fh.write(markdown + "\n")
+
+
 def relative(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
+
+
+@dataclass(frozen=True)
+class Checked:
+    lines: list[str]
+    markdown: str
+    regressed: bool
+
+
+def check(
+    prepared: Prepared,
+    plans: Mapping[str, PhasePlan],
+    samples: Sequence[Sample],
+    *,
+    report_path: Path | None = None,
+) -> Checked:
+    """``--selfopt-check``: the routed spec of each phase against the committed baseline."""
+    from .loop.evaluate import evaluate
+    from .loop.regress import check_regression
+
+    stats = evaluate(list(samples))
+    history = prepared.committed.history
+    last_patterns: Mapping[str, Any] = {}
+    results = []
+    notes: list[str] = []
+    for phase, plan in sorted(plans.items()):
+        measured = stats.get((phase, plan.baseline.id))
+        committed = prepared.committed.baselines.get(phase)
+        if measured is None:
+            continue
+        if committed is None or committed.metrics is None:
+            notes.append(f"{phase}: no measured baseline committed yet; nothing to compare")
+            continue
+        for entry in reversed(history):
+            rec = entry.get("phases", {}).get(phase)
+            if rec and committed.spec.id in rec.get("patterns", {}):
+                last_patterns = rec["patterns"][committed.spec.id]
+                break
+        else:
+            last_patterns = {}
+        results.append(
+            check_regression(phase, committed, measured, last_patterns or None, prepared.settings.gates)
+        )
+    lines = [*report.check_terminal_lines(results), *notes]
+    markdown = report.check_markdown(results)
+    if report_path is not None:
+        write_report(markdown, report_path)
+    return Checked(lines, markdown, any(r.regressed for r in results))

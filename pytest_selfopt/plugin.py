@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import pytest
 
@@ -18,20 +18,22 @@ from .cases import CHECK_RECORDER, Case
 from .config import ConfigError, find_config, load_config
 from .files import FilesError
 from .llm import LLM, sample_property
-from .loop.types import PhasePlan, Sample, Spec
+from .loop.decide import POLICIES
+from .loop.types import PhasePlan, Sample
 from .orchestrate import Collected, Prepared
 from .runner import Runner
-from .wire import Shipment
+from .wire import Point, Shipment, points
 
 SHIPMENT_KEY = "selfopt_shipment"
 PLUGIN_NAME = "selfopt_controller"
+LLM_KEY = pytest.StashKey[LLM]()
 
 
 def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+        value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
     return value
@@ -54,13 +56,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("selfopt", "pytest-selfopt: self-optimizing LLM benchmarks")
     group.addoption("--selfopt", action="store_true", help="run one optimization cycle")
     group.addoption(
-        "--selfopt-runs", type=positive_int, metavar="N", help="runs per spec (default: config runs)"
+        "--selfopt-check",
+        action="store_true",
+        help="measure the routed spec of every phase against the committed baseline; "
+        "write nothing; exit 1 on a regression",
+    )
+    group.addoption(
+        "--selfopt-runs", type=positive_int, metavar="N", help="runs per spec (default: config)"
     )
     group.addoption("--selfopt-seed", type=whole_number, metavar="N", help="override the seed")
-    group.addoption(
-        "--selfopt-dry-run", action="store_true", help="run the whole cycle, write nothing"
-    )
-    group.addoption("--selfopt-report", metavar="PATH", help="write the cycle's Markdown report")
+    group.addoption("--selfopt-dry-run", action="store_true", help="whole cycle, write nothing")
+    group.addoption("--selfopt-report", metavar="PATH", help="write a Markdown report")
     group.addoption("--selfopt-json", metavar="PATH", help="write every sample and decision as JSON")
     parser.addini("selfopt_config", "suite config, relative to rootdir", default="")
     parser.addini("selfopt_baselines", "folder of the committed files", default="baselines")
@@ -70,17 +76,19 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "selfopt_phase(name): the phase of a test that uses the llm fixture"
     )
+    if config.getoption("selfopt") and config.getoption("selfopt_check"):
+        raise pytest.UsageError("--selfopt and --selfopt-check exclude each other: pick one")
     controller = Controller(config)
     config.pluginmanager.register(controller, PLUGIN_NAME)
-    if controller.selfopt and not controller.is_worker:
-        # Under --selfopt a failing prompt is data: the decision matrix says what failed and
-        # how; hundreds of tracebacks would bury it. Explicit --tb / -r choices are kept.
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(XdistHooks(controller), "selfopt_xdist")
+    if controller.measuring and not controller.is_worker:
+        # A failing prompt is data here: the decision matrix says what failed and how, and
+        # hundreds of tracebacks would bury it. Explicit --tb / -r choices are kept.
         if config.getoption("tbstyle", "auto") == "auto":
             config.option.tbstyle = "no"
         if config.getoption("reportchars", "fE") == "fE":
             config.option.reportchars = "N"
-    if config.pluginmanager.hasplugin("xdist"):
-        config.pluginmanager.register(XdistHooks(controller), "selfopt_xdist")
 
 
 class XdistHooks:
@@ -90,87 +98,49 @@ class XdistHooks:
         self.controller = controller
 
     def pytest_configure_node(self, node: Any) -> None:
-        shipment = self.controller.shipment
-        if shipment is not None:
-            node.workerinput[SHIPMENT_KEY] = shipment.to_dict()
+        if self.controller.shipment is not None:
+            node.workerinput[SHIPMENT_KEY] = self.controller.shipment.to_dict()
             node.workerinput["selfopt_config_path"] = str(self.controller.config_path)
 
 
-def _phase_of(definition: Any) -> str | None:
-    """The phase of a test: its ``selfopt_phase`` marker, else the phase of its Case params."""
-    marker = definition.get_closest_marker("selfopt_phase")
-    if marker is not None and marker.args:
-        return str(marker.args[0])
-    phases = set()
-    for mark in definition.iter_markers("parametrize"):
-        values = mark.args[1] if len(mark.args) > 1 else mark.kwargs.get("argvalues", ())
-        for value in values:
-            for v in getattr(value, "values", (value,)) if not isinstance(value, Case) else (value,):
-                items = v if isinstance(v, tuple) else (v,)
-                phases.update(x.phase for x in items if isinstance(x, Case))
-    if len(phases) == 1:
-        return phases.pop()
-    if len(phases) > 1:
-        raise pytest.UsageError(
-            f"{definition.nodeid}: cases of several phases ({', '.join(sorted(phases))}) in one "
-            "test; split them or mark the test with @pytest.mark.selfopt_phase(NAME)"
-        )
-    return None
-
-
-class Point:
-    """One (spec, run) of a phase: the parameter every ``llm`` item gets under --selfopt."""
-
-    def __init__(self, phase: str, spec: Spec, label: str, run: int, index: int) -> None:
-        self.phase, self.spec, self.label, self.run, self.index = phase, spec, label, run, index
-
-    @property
-    def id(self) -> str:
-        return f"{self.label}-r{self.run}"
-
-    def __repr__(self) -> str:
-        return f"Point({self.phase}, {self.id})"
-
-
 class Controller:
-    """Per-process plugin state. On the controller it also collects samples and closes the cycle."""
+    """Per-process plugin state; on the controller it also collects samples and closes the cycle."""
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.is_worker = hasattr(config, "workerinput")
-        self.selfopt = bool(config.getoption("selfopt"))
+        self.check = bool(config.getoption("selfopt_check"))
+        self.measuring = bool(config.getoption("selfopt")) or self.check
         self.config_path: Path | None = None
         self.prepared: Prepared | None = None
         self.shipment: Shipment | None = None
         self.collected = Collected()
         self.runner: Runner | None = None
         self.summary: list[str] = []
-        self.setup()
-
-    # -- start -------------------------------------------------------------------------
-    def setup(self) -> None:
-        config = self.config
         if self.is_worker:
             data = config.workerinput.get(SHIPMENT_KEY)  # type: ignore[attr-defined]
             if data is not None:
                 self.shipment = Shipment.from_dict(data)
                 self.config_path = Path(config.workerinput["selfopt_config_path"])  # type: ignore[attr-defined]
-            return
-        configured = config.getini("selfopt_config") or None
-        self.config_path = find_config(config.rootpath, configured)
+        else:
+            self.prepare()
+
+    def prepare(self) -> None:
+        config = self.config
+        self.config_path = find_config(config.rootpath, config.getini("selfopt_config") or None)
         if self.config_path is None:
-            if self.selfopt:
+            if self.measuring:
                 raise pytest.UsageError(
-                    "--selfopt: no suite config found; create benchmarks/selfopt.yaml or set "
-                    "selfopt_config in your pytest ini"
+                    "pytest-selfopt: no suite config found; create benchmarks/selfopt.yaml or "
+                    "set selfopt_config in your pytest ini"
                 )
             return
-        baselines = config.rootpath / config.getini("selfopt_baselines")
         try:
             self.prepared = orchestrate.prepare(
                 self.config_path,
-                baselines,
-                selfopt=self.selfopt,
+                config.rootpath / config.getini("selfopt_baselines"),
+                selfopt=bool(config.getoption("selfopt")),
+                check=self.check,
                 runs=config.getoption("selfopt_runs"),
                 seed=config.getoption("selfopt_seed"),
                 plan_hook=self._plan_hook,
@@ -178,6 +148,13 @@ class Controller:
         except (ConfigError, FilesError) as exc:
             raise pytest.UsageError(str(exc)) from None
         self.shipment = self.prepared.shipment
+        config.hook.pytest_selfopt_register_policies(policies=POLICIES)
+        if self.prepared.settings.policy not in POLICIES:
+            known = ", ".join(sorted(POLICIES))
+            raise pytest.UsageError(
+                f"{self.config_path}: policy: unknown policy "
+                f"{self.prepared.settings.policy!r}; expected one of: {known}"
+            )
 
     def _plan_hook(self, phase: str, state: Any, settings: Any) -> PhasePlan | None:
         result: PhasePlan | None = self.config.hook.pytest_selfopt_generate_plan(
@@ -189,8 +166,8 @@ class Controller:
         if self.runner is None:
             if self.config_path is None or self.shipment is None:
                 raise pytest.UsageError(
-                    "the llm fixture needs a suite config: create benchmarks/selfopt.yaml or set "
-                    "selfopt_config in your pytest ini"
+                    "the llm fixture needs a suite config: create benchmarks/selfopt.yaml or "
+                    "set selfopt_config in your pytest ini"
                 )
             suite = self.prepared.config if self.prepared else load_config(self.config_path)
             self.runner = Runner(suite.models, suite.variants, seed=self.shipment.seed)
@@ -199,74 +176,69 @@ class Controller:
     # -- collection ----------------------------------------------------------------------
     @pytest.hookimpl(trylast=True)
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
-        if "llm" not in metafunc.fixturenames or not self.selfopt or self.shipment is None:
+        if "llm" not in metafunc.fixturenames or not self.measuring or self.shipment is None:
             return
-        phase = _phase_of(metafunc.definition) or _default_phase(metafunc)
+        phase = _phase_of(metafunc.definition) or _module_phase(metafunc.definition)
         plan = self.shipment.plan_for(phase)
-        if plan is None:
-            return
-        points = [
-            Point(phase, spec, spec.label(plan.baseline), run, index)
-            for run in range(1, self.shipment.runs + 1)
-            for index, spec in enumerate(plan.specs)
-        ]
-        metafunc.parametrize("selfopt_point", points, ids=[p.id for p in points])
+        if plan is not None:
+            params = points(plan, self.shipment.runs)
+            metafunc.parametrize("selfopt_point", params, ids=[p.id for p in params])
 
-    def pytest_make_parametrize_id(self, config: pytest.Config, val: object, argname: str) -> str | None:
-        if isinstance(val, Case):
-            return val.id
-        return None
+    def pytest_make_parametrize_id(self, config: pytest.Config, val: object) -> str | None:
+        return val.id if isinstance(val, Case) else None
 
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         """Run-major, specs interleaved: drift over the session hits every spec alike."""
-        if not self.selfopt:
+        if not self.measuring:
             return
+        groups: dict[str, int] = {}
         for item in items:
             point = _point_of(item)
             if point is not None:
-                case = _case_of_item(item)
+                case = _case_of(item)
                 key_ = [point.phase, point.spec.id, case.id if case else "-", point.run]
                 item.user_properties.append(("selfopt_point", key_))
-        groups: dict[str, int] = {}
 
         def key(pair: tuple[int, pytest.Item]) -> tuple[int, int, int, int]:
             position, item = pair
             point = _point_of(item)
             if point is None:
                 return (0, 0, 0, position)
-            group = item.nodeid.replace(f"-{point.id}]", "]")
-            index = groups.setdefault(group, len(groups))
-            return (point.run, index, point.index, position)
+            group = groups.setdefault(item.nodeid.replace(f"-{point.id}]", "]"), len(groups))
+            return (point.run, group, point.index, position)
 
         items[:] = [item for _, item in sorted(enumerate(items), key=key)]
 
     # -- running -------------------------------------------------------------------------
     @pytest.hookimpl(hookwrapper=True)
-    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Iterator[None]:
         outcome = yield
-        if call.when != "call":
-            return
         llm = item.stash.get(LLM_KEY, None)
-        if llm is None:
+        if call.when != "call" or llm is None:
             return
         report = outcome.get_result()
         failure = call.excinfo.value if call.excinfo is not None else None
         sample = llm.sample(passed=report.passed, failure=failure, worker=_worker_id())
         if sample is None:
             report.user_properties.append(("selfopt_no_sample", item.nodeid))
-        else:
-            report.user_properties.append(sample_property(sample))
+            return
+        report.user_properties.append(sample_property(sample))
+        # Flat, readable properties for --junitxml and other report consumers.
+        for name in ("passed", "error_kind", "latency_s", "attempts", "restraint", "model"):
+            report.user_properties.append((f"selfopt.{name}", getattr(sample, name)))
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if self.is_worker or not self.selfopt:
+        if self.is_worker or not self.measuring:
             return
         for name, value in report.user_properties:
-            if name == "selfopt_sample":
+            if name == "selfopt_sample" and report.when == "call":
                 self.collected.samples.append(Sample.from_dict(value))
             elif name == "selfopt_no_sample":
                 self.collected.no_sample.append(value)
             elif name == "selfopt_point" and report.when == "setup" and report.skipped:
-                self.collected.skipped.add(tuple(value))
+                self.collected.skipped.add(tuple(value))  # type: ignore[arg-type]
         if report.when == "teardown":
             self.collected.finished_items += 1
 
@@ -275,27 +247,40 @@ class Controller:
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self.runner is not None:
             self.runner.close()
-        if self.is_worker or not self.selfopt or self.prepared is None:
+        if self.is_worker or not self.measuring or self.prepared is None:
             return
         problems = self.broken(session, exitstatus)
         if problems:
-            self.summary = ["cycle incomplete, nothing written:", *(f"  {p}" for p in problems)]
-            if session.exitstatus == 0:
+            self.summary = ["incomplete session, nothing written:", *(f"  {p}" for p in problems)]
+            if session.exitstatus == pytest.ExitCode.OK:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
             return
         if not self.collected.samples:
             self.summary = ["no sample recorded: no test used the llm fixture; nothing written"]
             session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED
             return
-        plans = {p: self.shipment.plan_for(p) for p in self.collected.phases()}  # type: ignore[union-attr]
+        assert self.shipment is not None
+        plans = {p: self.shipment.plan_for(p) for p in self.collected.phases()}
+        plans_ = {p: plan for p, plan in plans.items() if plan is not None}
         option = self.config.getoption
+        report_path = _path(option("selfopt_report"))
+        if self.check:
+            checked = orchestrate.check(
+                self.prepared, plans_, self.collected.samples, report_path=report_path
+            )
+            self.summary = checked.lines
+            session.exitstatus = (
+                pytest.ExitCode.TESTS_FAILED if checked.regressed else pytest.ExitCode.OK
+            )
+            return
+        dry_run = bool(option("selfopt_dry_run"))
         try:
             finished = orchestrate.finish(
                 self.prepared,
-                {p: plan for p, plan in plans.items() if plan is not None},
+                plans_,
                 self.collected.samples,
-                dry_run=bool(option("selfopt_dry_run")),
-                report_path=_path(option("selfopt_report")),
+                dry_run=dry_run,
+                report_path=report_path,
                 json_path=_path(option("selfopt_json")),
             )
         except FilesError as exc:
@@ -304,23 +289,17 @@ class Controller:
             return
         from . import report
 
-        width = self.config.get_terminal_writer().fullwidth
+        width = max(self.config.get_terminal_writer().fullwidth, 80)
         self.summary = report.terminal_lines(
-            finished.outcome,
-            written=finished.written,
-            dry_run=bool(option("selfopt_dry_run")),
-            width=max(width, 80),
+            finished.outcome, written=finished.written, dry_run=dry_run, width=width
         )
         self.config.hook.pytest_selfopt_cycle_complete(
             outcome=finished.outcome, written=finished.written
         )
+        session.exitstatus = pytest.ExitCode.OK
         if finished.undecided:
-            self.summary.append(
-                "could not decide (every sample errored): " + "; ".join(finished.undecided)
-            )
+            self.summary.append("could not decide (every sample errored): " + "; ".join(finished.undecided))
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        else:
-            session.exitstatus = pytest.ExitCode.OK
 
     def broken(self, session: pytest.Session, exitstatus: int) -> list[str]:
         """Why this session's samples cannot make a cycle (empty: they can)."""
@@ -349,11 +328,55 @@ class Controller:
         return problems
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if not self.summary:
-            return
-        terminalreporter.write_sep("=", "selfopt")
-        for line in self.summary:
-            terminalreporter.write_line(line)
+        if self.summary:
+            terminalreporter.write_sep("=", "selfopt")
+            for line in self.summary:
+                terminalreporter.write_line(line)
+
+
+def _phase_of(definition: Any) -> str | None:
+    """A test's phase: its ``selfopt_phase`` marker, else the phase of its Case params."""
+    name = _marker_phase(definition)
+    if name is not None:
+        return name
+    phases = set()
+    for mark in definition.iter_markers("parametrize"):
+        values = mark.args[1] if len(mark.args) > 1 else mark.kwargs.get("argvalues", ())
+        for value in values:
+            for v in value.values if hasattr(value, "values") and not isinstance(value, Case) else (value,):
+                items = v if isinstance(v, tuple) else (v,)
+                phases.update(x.phase for x in items if isinstance(x, Case))
+    if len(phases) > 1:
+        raise pytest.UsageError(
+            f"{definition.nodeid}: cases of several phases ({', '.join(sorted(phases))}) in one "
+            "test; split them or mark the test with @pytest.mark.selfopt_phase(NAME)"
+        )
+    return phases.pop() if phases else None
+
+
+def _marker_phase(node: Any) -> str | None:
+    marker = node.get_closest_marker("selfopt_phase")
+    return str(marker.args[0]) if marker is not None and marker.args else None
+
+
+def _module_phase(node: Any) -> str:
+    """No marker and no Case params: the module name without ``test_``."""
+    name = Path(str(node.path)).stem
+    return name[5:] if name.startswith("test_") else name
+
+
+def _point_of(item: Any) -> Point | None:
+    callspec = getattr(item, "callspec", None)
+    point = callspec.params.get("selfopt_point") if callspec is not None else None
+    return point if isinstance(point, Point) else None
+
+
+def _case_of(node: Any) -> Case | None:
+    callspec = getattr(node, "callspec", None)
+    if callspec is None:
+        return None
+    cases = [v for v in callspec.params.values() if isinstance(v, Case)]
+    return cases[0] if len(cases) == 1 else None
 
 
 def _path(value: str | None) -> Path | None:
@@ -364,23 +387,6 @@ def _worker_id() -> str:
     return os.environ.get("PYTEST_XDIST_WORKER", "main")
 
 
-def _default_phase(metafunc: pytest.Metafunc) -> str:
-    """No marker and no Case params: the module name without ``test_``."""
-    name = Path(str(metafunc.definition.path)).stem
-    return name[5:] if name.startswith("test_") else name
-
-
-def _point_of(item: pytest.Item) -> Point | None:
-    callspec = getattr(item, "callspec", None)
-    if callspec is None:
-        return None
-    point = callspec.params.get("selfopt_point")
-    return point if isinstance(point, Point) else None
-
-
-LLM_KEY = pytest.StashKey[LLM]()
-
-
 @pytest.fixture
 def selfopt_point() -> Point | None:
     """Overridden by direct parametrization under --selfopt; None in plain runs."""
@@ -389,17 +395,18 @@ def selfopt_point() -> Point | None:
 
 @pytest.fixture
 def llm(request: pytest.FixtureRequest, selfopt_point: Point | None) -> Iterator[LLM]:
-    """A model bound to this item's spec: the routed spec in plain runs, (spec, run) under --selfopt."""
+    """A model bound to this item's spec: (spec, run) under --selfopt, else the routed spec."""
     controller: Controller = request.config.pluginmanager.get_plugin(PLUGIN_NAME)
     runner = controller.get_runner()
-    case = _case_of(request)
     node = request.node
+    case = _case_of(node)
     if selfopt_point is not None:
         obj = LLM(runner, selfopt_point.spec, selfopt_point.phase, case, selfopt_point.run)
     else:
         phase = (case.phase if case else None) or _marker_phase(node) or _module_phase(node)
-        route = controller.shipment.route_for(phase)  # type: ignore[union-attr]
-        assert route is not None
+        route = controller.shipment.route_for(phase) if controller.shipment else None
+        if route is None:
+            raise pytest.UsageError(f"{node.nodeid}: no routed spec for phase {phase!r}")
         obj = LLM(runner, route.spec, phase, case, 1, route.fallbacks)
     node.stash[LLM_KEY] = obj
     token = CHECK_RECORDER.set(obj.on_check)
@@ -407,25 +414,3 @@ def llm(request: pytest.FixtureRequest, selfopt_point: Point | None) -> Iterator
         yield obj
     finally:
         CHECK_RECORDER.reset(token)
-
-
-def _case_of(request: pytest.FixtureRequest) -> Case | None:
-    return _case_of_item(request.node)
-
-
-def _case_of_item(node: Any) -> Case | None:
-    callspec = getattr(node, "callspec", None)
-    if callspec is None:
-        return None
-    cases: Sequence[Case] = [v for v in callspec.params.values() if isinstance(v, Case)]
-    return cases[0] if len(cases) == 1 else None
-
-
-def _marker_phase(node: Any) -> str | None:
-    marker = node.get_closest_marker("selfopt_phase")
-    return str(marker.args[0]) if marker is not None and marker.args else None
-
-
-def _module_phase(node: Any) -> str:
-    name = Path(str(node.path)).stem
-    return name[5:] if name.startswith("test_") else name

@@ -112,3 +112,26 @@ class Shipment:
                 route_from_dict(data["default_route"]) if data["default_route"] else None
             ),
         )
+
+
+class Point:
+    """One (spec, run) of a phase: the parameter every ``llm`` item gets under --selfopt."""
+
+    def __init__(self, phase: str, spec: Spec, label: str, run: int, index: int) -> None:
+        self.phase, self.spec, self.label, self.run, self.index = phase, spec, label, run, index
+
+    @property
+    def id(self) -> str:
+        return f"{self.label}-r{self.run}"
+
+    def __repr__(self) -> str:
+        return f"Point({self.phase}, {self.id})"
+
+
+def points(plan: PhasePlan, runs: int) -> list[Point]:
+    """Run-major, specs interleaved within a run."""
+    return [
+        Point(plan.phase, spec, spec.label(plan.baseline), run, index)
+        for run in range(1, runs + 1)
+        for index, spec in enumerate(plan.specs)
+    ]
