@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections import defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from . import files, report
 from .config import SuiteConfig, load_config
@@ -25,7 +25,7 @@ from .loop.types import (
     Route,
     Sample,
 )
-from .wire import Shipment
+from .wire import Collected, Shipment, missing_samples  # noqa: F401  (re-exported)
 
 #: The phase name a plan is computed under for phases first seen at collection.
 ANY_PHASE = "*"
@@ -128,47 +128,6 @@ def fallbacks_after(settings: LoopSettings, model: str) -> tuple[str, ...]:
     if model in chain:
         return tuple(chain[chain.index(model) + 1 :])
     return tuple(m for m in chain if m != model)
-
-
-@dataclass
-class Collected:
-    """Samples and item bookkeeping gathered on the controller from test reports."""
-
-    samples: list[Sample] = field(default_factory=list)
-    finished_items: int = 0
-    skipped: set[tuple[str, str, str, int]] = field(default_factory=set)  # phase, spec, case, run
-    no_sample: list[str] = field(default_factory=list)  # nodeids whose test never asked
-
-    def phases(self) -> list[str]:
-        return sorted({s.phase for s in self.samples})
-
-
-def missing_samples(
-    plans: Mapping[str, PhasePlan], collected: Collected, runs: int
-) -> list[str]:
-    """Every spec of every phase that ran must have a sample per (case, run): else why not."""
-    have = {(s.phase, s.spec_id, s.case_id, s.run) for s in collected.samples}
-    cases: dict[str, set[str]] = defaultdict(set)
-    for s in collected.samples:
-        cases[s.phase].add(s.case_id)
-    problems: list[str] = []
-    for phase in sorted(cases):
-        plan = plans[phase]
-        missing = [
-            (spec.id, case, run)
-            for spec in plan.specs
-            for case in sorted(cases[phase])
-            for run in range(1, runs + 1)
-            if (phase, spec.id, case, run) not in have
-            and (phase, spec.id, case, run) not in collected.skipped
-        ]
-        if missing:
-            spec_id, case, run = missing[0]
-            problems.append(
-                f"phase {phase}: {len(missing)} sample(s) missing, e.g. spec {spec_id} "
-                f"case {case} run {run}"
-            )
-    return problems
 
 
 @dataclass(frozen=True)

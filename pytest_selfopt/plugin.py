@@ -8,21 +8,22 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import orchestrate
+if TYPE_CHECKING:
+    from .orchestrate import Prepared
+
 from .cases import CHECK_RECORDER, Case
 from .config import ConfigError, find_config, load_config
 from .files import FilesError
 from .llm import LLM, sample_property
-from .loop.decide import POLICIES
 from .loop.types import PhasePlan, Sample
-from .orchestrate import Collected, Prepared
 from .runner import Runner
-from .wire import Point, Shipment, points
+from .wire import Collected, Point, Shipment, missing_samples, points
 
 SHIPMENT_KEY = "selfopt_shipment"
 PLUGIN_NAME = "selfopt_controller"
@@ -135,6 +136,8 @@ class Controller:
                     "set selfopt_config in your pytest ini"
                 )
             return
+        from . import orchestrate  # lazily: numpy and friends only when a suite exists
+
         try:
             self.prepared = orchestrate.prepare(
                 self.config_path,
@@ -148,6 +151,8 @@ class Controller:
         except (ConfigError, FilesError) as exc:
             raise pytest.UsageError(str(exc)) from None
         self.shipment = self.prepared.shipment
+        from .loop.decide import POLICIES
+
         config.hook.pytest_selfopt_register_policies(policies=POLICIES)
         if self.prepared.settings.policy not in POLICIES:
             known = ", ".join(sorted(POLICIES))
@@ -249,6 +254,8 @@ class Controller:
             self.runner.close()
         if self.is_worker or not self.measuring or self.prepared is None:
             return
+        if self.config.getoption("collectonly"):
+            return
         problems = self.broken(session, exitstatus)
         if problems:
             self.summary = ["incomplete session, nothing written:", *(f"  {p}" for p in problems)]
@@ -264,6 +271,8 @@ class Controller:
         plans_ = {p: plan for p, plan in plans.items() if plan is not None}
         option = self.config.getoption
         report_path = _path(option("selfopt_report"))
+        from . import orchestrate
+
         if self.check:
             checked = orchestrate.check(
                 self.prepared, plans_, self.collected.samples, report_path=report_path
@@ -322,7 +331,7 @@ class Controller:
             )
         if not problems and self.shipment is not None:
             plans = {p: self.shipment.plan_for(p) for p in self.collected.phases()}
-            problems += orchestrate.missing_samples(
+            problems += missing_samples(
                 {k: v for k, v in plans.items() if v is not None}, self.collected, self.shipment.runs
             )
         return problems
@@ -362,7 +371,7 @@ def _marker_phase(node: Any) -> str | None:
 def _module_phase(node: Any) -> str:
     """No marker and no Case params: the module name without ``test_``."""
     name = Path(str(node.path)).stem
-    return name[5:] if name.startswith("test_") else name
+    return name.removeprefix("test_")
 
 
 def _point_of(item: Any) -> Point | None:

@@ -6,10 +6,12 @@ objects from this, so every worker collects the same ordered items.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Mapping
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
-from .loop.types import Candidate, PhasePlan, Recommendation, Route, Spec
+from .loop.types import Candidate, PhasePlan, Recommendation, Route, Sample, Spec
 
 
 def plan_to_dict(plan: PhasePlan) -> dict[str, Any]:
@@ -135,3 +137,44 @@ def points(plan: PhasePlan, runs: int) -> list[Point]:
         for run in range(1, runs + 1)
         for index, spec in enumerate(plan.specs)
     ]
+
+
+@dataclass
+class Collected:
+    """Samples and item bookkeeping gathered on the controller from test reports."""
+
+    samples: list[Sample] = field(default_factory=list)
+    finished_items: int = 0
+    skipped: set[tuple[str, str, str, int]] = field(default_factory=set)  # phase, spec, case, run
+    no_sample: list[str] = field(default_factory=list)  # nodeids whose test never asked
+
+    def phases(self) -> list[str]:
+        return sorted({s.phase for s in self.samples})
+
+
+def missing_samples(
+    plans: Mapping[str, PhasePlan], collected: Collected, runs: int
+) -> list[str]:
+    """Every spec of every phase that ran must have a sample per (case, run): else why not."""
+    have = {(s.phase, s.spec_id, s.case_id, s.run) for s in collected.samples}
+    cases: dict[str, set[str]] = defaultdict(set)
+    for s in collected.samples:
+        cases[s.phase].add(s.case_id)
+    problems: list[str] = []
+    for phase in sorted(cases):
+        plan = plans[phase]
+        missing = [
+            (spec.id, case, run)
+            for spec in plan.specs
+            for case in sorted(cases[phase])
+            for run in range(1, runs + 1)
+            if (phase, spec.id, case, run) not in have
+            and (phase, spec.id, case, run) not in collected.skipped
+        ]
+        if missing:
+            spec_id, case, run = missing[0]
+            problems.append(
+                f"phase {phase}: {len(missing)} sample(s) missing, e.g. spec {spec_id} "
+                f"case {case} run {run}"
+            )
+    return problems
