@@ -7,7 +7,7 @@ Reference (every key, with its default)::
 
     seed: 0                 # int; seeds simulators and any randomized choice
     runs: 7                 # int >= 1; repetitions of every spec (--selfopt-runs overrides)
-    policy: seed            # non-empty string; the candidate policy (the plugin checks the name)
+    policy: paired          # gate policy: paired (default) or seed; plugins may add more
     models:                 # required; alias -> model. Aliases appear in labels and ids.
       lfm:
         provider: openai    # required; sim, openai, anthropic or a registered provider
@@ -40,6 +40,15 @@ Reference (every key, with its default)::
       min_restraint: 0.80   # 0..1
       route_share: 0.5      # (0, 1], share of capability-limited cases that triggers a route
       cooldown_cycles: 3    # int >= 0, cycles before a failed candidate is tried again
+      alpha: 0.05           # (0, 1); paired: one-sided level, Holm-corrected over candidates
+      min_effect: 0.0       # 0..1; paired: smallest improvement worth promoting ...
+      min_effect_prompts: 1 # ... and at least this many prompts' worth
+      interval_level: 0.90  # (0, 1); interval recorded with a promoted improvement
+      exact_below: 20       # exact permutation test below this many informative prompts
+      max_flip_rate: 1.0    # 0..1; paired stability gate on run-to-run flips (1.0: advisory)
+      effect_of_interest: 0.05  # (0, 1]; minimum detectable effect above it: "underpowered"
+      power: 0.80           # (0, 1); power at which the detectable effect is computed
+      warmup_min_cases: 2   # int >= 1; cold-start cases needed to recommend warm-up
 
 Rules worth knowing:
 
@@ -88,7 +97,10 @@ DEFAULT_PATHS: tuple[str, ...] = ("benchmarks/selfopt.yaml", "selfopt.yaml")
 BUILTIN_PROVIDERS: tuple[str, ...] = ("sim", "openai", "anthropic")
 TOP_KEYS: tuple[str, ...] = ("seed", "runs", "policy", "models", "fallback_chain", "variants",
                              "knobs", "initial", "search", "max_candidates", "gates")  # fmt: skip
-GATE_KEYS = ("min_samples", "max_variance", "min_restraint", "route_share", "cooldown_cycles")
+GATE_KEYS = ("min_samples", "max_variance", "min_restraint", "route_share", "cooldown_cycles",
+             "alpha", "min_effect", "min_effect_prompts", "interval_level", "exact_below",
+             "max_flip_rate", "effect_of_interest", "power", "warmup_min_cases")  # fmt: skip
+POLICY_NAMES = ("paired", "seed")  # built in; plugins add more (pytest_selfopt_register_policies)
 ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]*")
 KNOB_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -189,7 +201,7 @@ def load_config(path: str | Path) -> SuiteConfig:
     return SuiteConfig(
         path=path, root=path.parent, seed=r.integer(top.get("seed", 0), "seed"),
         runs=r.integer(top.get("runs", 7), "runs", lo=1),
-        policy=r.string(top.get("policy", "seed"), "policy", what="a policy name"),
+        policy=r.string(top.get("policy", "paired"), "policy", what="a policy name"),
         models=models, fallback_chain=tuple(chain), variants=variants,
         initial=knobs.initial(top["initial"]), declared_knobs=knobs.declared,
         search=knobs.search(_section(top, "search")),
@@ -386,10 +398,29 @@ _KNOB_HELP = {"model": "a model alias from models:", "variant": "a variant name 
 
 def _gates(r: Reader, raw: Any) -> GateSettings:
     g, d = r.mapping(raw, "gates", GATE_KEYS), GateSettings()
+
+    def number(key: str, lo: float, hi: float, open_lo: bool = False) -> float:
+        value = r.number(g.get(key, getattr(d, key)), f"gates.{key}", lo, hi, open_lo)
+        if key in ("alpha", "interval_level", "power") and value >= 1:
+            r.fail(f"gates.{key}", "a number between 0 and 1 (exclusive)", value)
+        return value
+
+    def whole(key: str, lo: int) -> int:
+        return r.integer(g.get(key, getattr(d, key)), f"gates.{key}", lo)
+
     return GateSettings(
-        min_samples=r.integer(g.get("min_samples", d.min_samples), "gates.min_samples", lo=1),
-        max_variance=r.number(g.get("max_variance", d.max_variance), "gates.max_variance", 0, 1),
-        min_restraint=r.number(g.get("min_restraint", d.min_restraint), "gates.min_restraint", 0, 1),
-        route_share=r.number(g.get("route_share", d.route_share), "gates.route_share", 0, 1, True),
-        cooldown_cycles=r.integer(g.get("cooldown_cycles", d.cooldown_cycles), "gates.cooldown_cycles", 0),
+        min_samples=whole("min_samples", 1),
+        max_variance=number("max_variance", 0, 1),
+        min_restraint=number("min_restraint", 0, 1),
+        route_share=number("route_share", 0, 1, True),
+        cooldown_cycles=whole("cooldown_cycles", 0),
+        alpha=number("alpha", 0, 1, True),
+        min_effect=number("min_effect", 0, 1),
+        min_effect_prompts=number("min_effect_prompts", 0, 1000),
+        interval_level=number("interval_level", 0, 1, True),
+        exact_below=whole("exact_below", 0),
+        max_flip_rate=number("max_flip_rate", 0, 1),
+        effect_of_interest=number("effect_of_interest", 0, 1, True),
+        power=number("power", 0, 1, True),
+        warmup_min_cases=whole("warmup_min_cases", 1),
     )

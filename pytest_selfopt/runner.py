@@ -7,7 +7,10 @@ would turn accuracy into pass@k). Only transport failures (:class:`ProviderError
 Timing: for providers with ``simulated_time`` (the in-process simulator) the latency the
 provider reports and the backoff are *added up*, never slept, so a simulated cycle takes
 seconds and its numbers are reproducible. For every other provider the wall clock is
-measured and backoff really sleeps (through ``sleep``). Backoff jitter for simulated providers
+measured and backoff really sleeps (through ``sleep``); a provider with a ``time_scale`` (an
+HTTP simulator server on a compressed clock) has its measured latency divided by the scale,
+``Retry-After`` (real seconds) converted likewise, and backoff slept times the scale, so its
+numbers are in the simulation's seconds like the in-process simulator's. Backoff jitter for simulated providers
 (which get the case's reference) is a hash of the reference, so it does not depend on call
 order; otherwise it comes from ``random.Random(rng_seed)``.
 
@@ -180,6 +183,7 @@ class Runner:
     ) -> Reply | None:
         """Up to ``1 + spec.retries`` attempts on one model; the reply, or None."""
         simulated_time = bool(provider.simulated_time)
+        scale = _time_scale(provider)
         for k in range(spec.retries + 1):
             ref = self._reference(provider, case, run, k + 1, spec)
             request = Request(
@@ -196,7 +200,7 @@ class Runner:
             try:
                 reply = self._call(spec, alias, provider, request)
             except ProviderError as exc:
-                measured = self._clock() - t0
+                measured = (self._clock() - t0) / scale
                 latency = (
                     exc.simulated_latency_s
                     if simulated_time and exc.simulated_latency_s is not None
@@ -205,12 +209,12 @@ class Runner:
                 tally.failed(latency, exc)
                 if not exc.retryable or k == spec.retries:
                     return None
-                wait = self._backoff(k, exc.retry_after_s, ref, alias)
+                wait = self._backoff(k, _scaled_retry_after(exc, scale), ref, alias)
                 if not simulated_time:
-                    self._sleep(wait)
+                    self._sleep(wait * scale)
                 tally.total += wait
                 continue
-            measured = self._clock() - t0
+            measured = (self._clock() - t0) / scale
             latency = (
                 reply.simulated_latency_s
                 if simulated_time and reply.simulated_latency_s is not None
@@ -268,7 +272,9 @@ class Runner:
                     if not exc.retryable:
                         return
                     if not provider.simulated_time and i + 1 < WARMUP_BUDGET:
-                        self._sleep(self._backoff(i, exc.retry_after_s, ref, alias))
+                        scale = _time_scale(provider)
+                        retry_after = _scaled_retry_after(exc, scale)
+                        self._sleep(self._backoff(i, retry_after, ref, alias) * scale)
         finally:
             gate.release()
 
@@ -322,6 +328,17 @@ class Runner:
         if price is None:
             return None
         return (tally.input_tokens * price[0] + tally.output_tokens * price[1]) / 1e6
+
+
+def _time_scale(provider: Provider) -> float:
+    """A simulator server's clock scale (``time_scale`` option), else 1."""
+    scale = getattr(provider, "time_scale", None)
+    return float(scale) if isinstance(scale, int | float) and scale > 0 else 1.0
+
+
+def _scaled_retry_after(exc: ProviderError, scale: float) -> float | None:
+    """``Retry-After`` (real seconds) in the provider's seconds."""
+    return exc.retry_after_s / scale if exc.retry_after_s is not None else None
 
 
 class _Tally:

@@ -120,7 +120,7 @@ def test_minimal_config_takes_documented_defaults(tmp_path: Path) -> None:
         initial: {model: m, variant: plain, timeout_s: 30, retries: 0, isolation: i1, warmup: true}
         gates:
     """))  # fmt: skip
-    assert (cfg.seed, cfg.runs, cfg.policy, cfg.max_candidates) == (0, 7, "seed", 4)
+    assert (cfg.seed, cfg.runs, cfg.policy, cfg.max_candidates) == (0, 7, "paired", 4)
     assert cfg.fallback_chain == () and cfg.search == SearchSpace() and cfg.declared_knobs == {}
     assert cfg.gates == GateSettings()
     assert cfg.initial.isolation == "i1" and cfg.initial.warmup is True

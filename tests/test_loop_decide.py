@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from pytest_selfopt.loop.decide import (
     POLICIES,
+    PairedPolicy,
     SeedPolicy,
     get_policy,
     pick_winner,
@@ -188,7 +189,8 @@ def test_decides_every_candidate_in_order() -> None:
 def test_policy_registry() -> None:
     assert isinstance(get_policy("seed"), SeedPolicy)
     assert POLICIES["seed"].name == "seed"
-    with pytest.raises(KeyError, match="known policies: seed"):
+    assert isinstance(get_policy("paired"), PairedPolicy) and POLICIES["paired"].name == "paired"
+    with pytest.raises(KeyError, match="known policies: paired, seed"):
         get_policy("bonferroni")
 
 

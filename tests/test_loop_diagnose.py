@@ -372,3 +372,30 @@ def test_patterns_over_workers_are_classified_by_definition(
             expected = "cold_start"
         assert got[case] == expected
     assert (None in got) == bool(cold)
+
+
+def test_warmup_needs_a_replicated_cold_start() -> None:
+    # one case's "first k fail" pattern is too easily a flaky prompt: no warm-up on it alone
+    assert recommend("p", SPEC, [diag("cold_start", "a")], SETTINGS, 6) == ()
+    (rec,) = recommend("p", SPEC, [diag("cold_start", "a"), diag("cold_start", "b")], SETTINGS, 6)
+    assert rec.action == "enable_warmup" and rec.evidence == ("a", "b")
+    # ... or once the spec-level (per-worker) cold start backs it up
+    (rec,) = recommend("p", SPEC, [diag("cold_start", "a"), diag("cold_start", None)], SETTINGS, 6)
+    assert rec.action == "enable_warmup"
+    one = LoopSettings(**{**SETTINGS.__dict__, "gates": GateSettings(warmup_min_cases=1)})
+    assert [r.action for r in recommend("p", SPEC, [diag("cold_start", "a")], one, 6)] == [
+        "enable_warmup"
+    ]
+
+
+def test_flaky_prompt_looks_like_cold_start_at_the_documented_rate() -> None:
+    # P(first k fail then all pass, 1 <= k <= 3 of 7) for a prompt passing 80% of runs
+    p, runs = 0.8, 7
+    expected = sum((1 - p) ** k * p ** (runs - k) for k in range(1, runs // 2 + 1))
+    codes = ["".join(c) for c in __import__("itertools").product("PF", repeat=runs)]
+    prob = sum(
+        p ** c.count("P") * (1 - p) ** c.count("F")
+        for c in codes
+        if "P" in c and classify(pattern(c, "wrong_answer"), runs)[0] == "cold_start"
+    )
+    assert abs(prob - expected) < 1e-12 and 0.06 < prob < 0.07

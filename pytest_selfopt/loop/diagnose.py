@@ -35,7 +35,12 @@ Recommendations (per phase and spec, in this order):
     ``fallback_chain`` (spec's model not in the chain: the chain's first other model; no
     model left: no recommendation).
 ``enable_warmup`` (knob ``warmup`` = true)
-    any ``cold_start`` diagnosis (case or spec level) and the spec has warm-up off.
+    the spec has warm-up off and the cold start is *replicated*: a spec-level (per-worker)
+    cold start, or at least ``gates.warmup_min_cases`` (2) cases with a cold-start pattern.
+    One case alone is not enough: a genuinely flaky prompt (pass rate p, R runs) shows
+    "first k fail, then all pass" with probability sum_{k=1..R//2} (1-p)^k p^(R-k), up to
+    about 7% per prompt at R = 7 (p near 0.8); needing two cases squares that per pair of
+    prompts (docs/statistics.md).
 ``raise_timeout`` (knob ``timeout_s``)
     any ``timeout_bound`` case (one is enough: a timeout is a cost of the setting, not of
     the model, and the gates verify the change): the next search value of ``timeout_s``
@@ -217,7 +222,8 @@ def recommend(
             )
     cold = cases("cold_start")
     spec_level = [d for d in diagnoses if d.kind == "cold_start" and d.case_id is None]
-    if (cold or spec_level) and not spec.warmup:
+    replicated = bool(spec_level) or len(cold) >= settings.gates.warmup_min_cases
+    if replicated and not spec.warmup:
         samples = f", {spec_level[0].failures} cold-start samples" if spec_level else ""
         where = f"{len(cold)}/{case_count} cases{samples}"
         out.append(

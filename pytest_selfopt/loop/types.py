@@ -171,6 +171,26 @@ class GateSettings:
     route_share: float = 0.5
     #: cycles a failed candidate (rejected spec or unverified recommendation) is not re-proposed
     cooldown_cycles: int = 3
+    # --- the ``paired`` policy (loop/paired.py, docs/statistics.md) ---
+    #: one-sided significance level of the improvement gate, Holm-corrected over candidates
+    alpha: float = 0.05
+    #: smallest improvement (accuracy fraction) worth promoting ...
+    min_effect: float = 0.0
+    #: ... and at least this many prompts' worth (1 prompt of P = 1/P of accuracy)
+    min_effect_prompts: float = 1.0
+    #: two-sided level of the interval recorded with the improvement
+    interval_level: float = 0.90
+    #: exact permutation test below this many informative prompts, CMH z from it on
+    exact_below: int = 20
+    #: stability gate: mean per-case run-to-run flip rate at most this (1.0: advisory)
+    max_flip_rate: float = 1.0
+    #: the improvement the suite should be able to detect; larger MDE: "underpowered"
+    effect_of_interest: float = 0.05
+    #: power at which the minimum detectable effect is computed
+    power: float = 0.80
+    #: cases with a cold-start pattern needed to recommend warm-up without a spec-level
+    #: (per-worker) cold start: one case's pattern is too easily a flaky prompt
+    warmup_min_cases: int = 2
 
 
 @dataclass(frozen=True)
@@ -451,7 +471,7 @@ class LoopSettings:
     fallback_chain: tuple[str, ...]
     runs: int
     seed: int
-    policy: str = "seed"
+    policy: str = "paired"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Anthropic Messages API over httpx (``POST {base_url}/v1/messages``).
 
 Options: those of ``openai.py`` (``base_url``, ``model``, ``api_key_env``, ``params``, ``headers``,
-``simulated``) plus ``anthropic_version`` (default ``2023-06-01``) and ``max_tokens`` (default
+``simulated``, ``time_scale``) plus ``anthropic_version`` (default ``2023-06-01``) and ``max_tokens`` (default
 1024; the API requires it). ``base_url`` defaults to ``https://api.anthropic.com``; a base URL
 ending in ``/v1`` (as the simulator server prints) is accepted without doubling it. With the
 default base URL, ``api_key_env`` defaults to ``ANTHROPIC_API_KEY``; the key is sent as
@@ -55,7 +55,9 @@ class AnthropicClient:
         body["messages"] = [{"role": "user", "content": request.prompt}]
         if request.system:
             body["system"] = request.system
-        data = self._http.post_json(p.url, body, headers, request.timeout_s, secrets)
+        data = self._http.post_json(
+            p.url, body, headers, request.timeout_s, secrets, time_scale=opts.time_scale
+        )
         content = data.get("content")
         if not isinstance(content, list):
             raise ProviderError(
@@ -86,6 +88,7 @@ class AnthropicProvider:
         self.name = name
         self.options = options
         self.simulated = options.simulated
+        self.time_scale = options.time_scale  # read by the runner (latency, backoff)
         self.version = version
         self.max_tokens = max_tokens
         base = options.base_url[:-3] if options.base_url.endswith("/v1") else options.base_url

@@ -21,6 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 #: The HTTP header that carries a :class:`Reference` (JSON) to a simulator server.
 REFERENCE_HEADER = "X-Selfopt-Reference"
+#: The response header in which a simulator server announces its ``--time-scale``.
+TIME_SCALE_HEADER = "X-Selfopt-Time-Scale"
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,8 @@ class Provider(Protocol):
     #: backoff are simulated rather than slept when ``simulated_time`` is true too.
     simulated: bool
     simulated_time: bool
+    #: Optional (read with ``getattr``): a simulator server's time scale. Set, the runner
+    #: reports measured latency divided by it and sleeps backoff multiplied by it.
 
     def new_client(self) -> Client: ...
 

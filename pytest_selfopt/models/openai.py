@@ -11,6 +11,13 @@ Options (the model's entry in the suite config, minus ``provider``):
 ``headers``      extra headers; values may reference environment variables as ``${VAR}``.
 ``simulated``    true only for a simulator server: the case's reference then travels in the
                  ``X-Selfopt-Reference`` header. A real provider never receives it.
+``time_scale``   simulator servers only (needs ``simulated: true``): the server's
+                 ``--time-scale``. The spec's timeouts, the measured latencies and backoff are then
+                 in the simulation's seconds (an attempt's real timeout is ``timeout_s *
+                 time_scale``; the runner divides measured latency by it), so a time-compressed
+                 run decides like the in-process simulator: a 120 s cold start still outlasts a
+                 60 s timeout. The server reports its scale (``X-Selfopt-Time-Scale``); a mismatch
+                 is a ``config`` error. Unset: real seconds, no check.
 
 Error kinds: httpx timeouts and an attempt running past its total deadline (a trickled body)
 are ``timeout``; a refused, reset or dropped connection (also mid-response) is ``connect``;
@@ -21,6 +28,7 @@ below are shared with ``anthropic.py``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
@@ -31,6 +39,7 @@ import httpx
 
 from .base import (
     REFERENCE_HEADER,
+    TIME_SCALE_HEADER,
     ProviderError,
     Reply,
     Request,
@@ -57,6 +66,7 @@ class HttpOptions:
     params: Mapping[str, Any] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict)  # templates, "${VAR}" unresolved
     simulated: bool = False
+    time_scale: float | None = None  # simulator servers only; None: real seconds
 
 
 def parse_http_options(
@@ -93,6 +103,20 @@ def parse_http_options(
     simulated = options.get("simulated", False)
     if not isinstance(simulated, bool):
         raise ValueError(f"simulated: expected true or false, got {simulated!r}")
+    time_scale = options.get("time_scale")
+    if time_scale is not None:
+        if (
+            isinstance(time_scale, bool)
+            or not isinstance(time_scale, int | float)
+            or not 0 < time_scale <= 1000
+        ):
+            raise ValueError(
+                f"time_scale: expected a number > 0 (at most 1000), got {time_scale!r}"
+            )
+        if not simulated:
+            raise ValueError(
+                "time_scale: only for a simulator server; set simulated: true or remove it"
+            )
     return HttpOptions(
         base_url=base_url.rstrip("/"),
         model=model,
@@ -100,6 +124,7 @@ def parse_http_options(
         params=dict(params),
         headers=dict(headers),
         simulated=simulated,
+        time_scale=float(time_scale) if time_scale is not None else None,
     )
 
 
@@ -159,13 +184,20 @@ class HttpJsonClient:
         headers: Mapping[str, str],
         timeout_s: float,
         secrets: list[str],
+        time_scale: float | None = None,
     ) -> Mapping[str, Any]:
+        """POST ``body``; ``timeout_s`` is in simulated seconds when ``time_scale`` is set (a
+        simulator server's clock), and the server's announced scale must then match it."""
         where = self._where
-        deadline = time.monotonic() + timeout_s
+        real_s = timeout_s * (time_scale or 1.0)
+        shown = f"{timeout_s:g} s" + (f" ({real_s:g} s real)" if time_scale else "")
+        deadline = time.monotonic() + real_s
         try:
             with self._http.stream(
-                "POST", url, json=body, headers=dict(headers), timeout=httpx.Timeout(timeout_s)
+                "POST", url, json=body, headers=dict(headers), timeout=httpx.Timeout(real_s)
             ) as resp:
+                if time_scale is not None:
+                    check_time_scale(resp.headers.get(TIME_SCALE_HEADER), time_scale, where)
                 chunks: list[bytes] = []
                 size = 0
                 for chunk in resp.iter_bytes():
@@ -177,13 +209,13 @@ class HttpJsonClient:
                         )
                     if time.monotonic() > deadline:
                         raise ProviderError(
-                            "timeout", f"response from {where} not complete within {timeout_s:g} s"
+                            "timeout", f"response from {where} not complete within {shown}"
                         )
                 content = b"".join(chunks)
                 status, resp_headers = resp.status_code, resp.headers
         except httpx.TimeoutException as exc:
             raise ProviderError(
-                "timeout", f"{type(exc).__name__}: no answer from {where} within {timeout_s:g} s"
+                "timeout", f"{type(exc).__name__}: no answer from {where} within {shown}"
             ) from None
         except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError) as exc:
             detail = redact(str(exc), secrets)[:SNIPPET_CHARS]
@@ -202,9 +234,7 @@ class HttpJsonClient:
                 "config", f"{type(exc).__name__}: cannot send the request to {where}"
             ) from None
         if time.monotonic() > deadline:
-            raise ProviderError(
-                "timeout", f"response from {where} not complete within {timeout_s:g} s"
-            )
+            raise ProviderError("timeout", f"response from {where} not complete within {shown}")
         raise_for_status(status, resp_headers, content, where, secrets)
         ctype = resp_headers.get("content-type", "")
         if "json" not in ctype.lower():
@@ -228,6 +258,23 @@ class HttpJsonClient:
 
     def close(self) -> None:
         self._http.close()
+
+
+def check_time_scale(announced: str | None, expected: float, where: str) -> None:
+    """A simulator server's announced ``--time-scale`` must equal the model's ``time_scale``."""
+    if announced is None:
+        return
+    try:
+        value = float(announced)
+    except ValueError:
+        return
+    if not math.isclose(value, expected, rel_tol=1e-6):
+        raise ProviderError(
+            "config",
+            f"the simulator server at {where} runs at time scale {value:g} but the model's "
+            f"time_scale is {expected:g}; start it with --time-scale {expected:g} or change "
+            "time_scale",
+        )
 
 
 def raise_for_status(
@@ -285,7 +332,12 @@ class OpenAIClient:
             "messages": messages,
         }
         data = self._http.post_json(
-            f"{opts.base_url}/chat/completions", body, headers, request.timeout_s, secrets
+            f"{opts.base_url}/chat/completions",
+            body,
+            headers,
+            request.timeout_s,
+            secrets,
+            time_scale=opts.time_scale,
         )
         where = display_url(opts.base_url)
         choices = data.get("choices")
@@ -322,6 +374,7 @@ class OpenAIProvider:
         self.name = name
         self.options = options
         self.simulated = options.simulated
+        self.time_scale = options.time_scale  # read by the runner (latency, backoff)
 
     def new_client(self) -> OpenAIClient:
         return OpenAIClient(self)

@@ -12,7 +12,9 @@ keep-alive, faults — is tested for real. Routes:
 
 Answers follow ``models/sim.py`` (``simulate``) with the case's reference taken from the
 ``X-Selfopt-Reference`` header (400 without it: a real-provider config must not reach it).
-Cold starts are counted per server and model; latency is really slept, times ``time_scale``.
+Cold starts are counted per server and model; latency is really slept, times ``time_scale``,
+which every response announces in ``X-Selfopt-Time-Scale`` (clients configured with the same
+``time_scale`` check it and count time in the simulation's seconds).
 Fault delays are real seconds, never scaled, so a test can outlast a client timeout.
 
 Faults to inject and the wire shapes are in ``simhttp.py``.
@@ -34,7 +36,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from .base import REFERENCE_HEADER, Reference
+from .base import REFERENCE_HEADER, TIME_SCALE_HEADER, Reference
 from .sim import SimBehaviour, simulate
 from .sim import create as create_sim
 from .simhttp import (
@@ -183,6 +185,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif fault.kind == "drop":  # a promised body cut in half, then the connection closed
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
+            self.send_header(TIME_SCALE_HEADER, f"{st.time_scale:g}")
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload[: len(payload) // 2])
@@ -195,6 +198,7 @@ class _Handler(BaseHTTPRequestHandler):
         st = self.server.state
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
+        self.send_header(TIME_SCALE_HEADER, f"{st.time_scale:g}")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         step = max(1, math.ceil(len(payload) / pieces))
@@ -221,6 +225,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(payload)))
+        self.send_header(TIME_SCALE_HEADER, f"{self.server.state.time_scale:g}")
         for key, value in (extra or {}).items():
             self.send_header(key, value)
         self.end_headers()
@@ -381,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--time-scale", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv[1:] if argv[:1] == ["--"] else argv)
     try:
         models = load_sim_models(args.config)
         if not models:
