@@ -47,6 +47,7 @@ SETTINGS = LoopSettings(
     fallback_chain=("lfm", "claude-haiku"),
     runs=7,
     seed=42,
+    policy="seed",  # the seed's walkthrough, gate for gate
 )
 CASES = tuple(f"case{i}" for i in range(6))
 PHASES = ("atomic", "extended")
