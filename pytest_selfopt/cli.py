@@ -1,4 +1,4 @@
-"""The ``selfopt`` command: ``loop`` (cycles until a plateau), ``report``, ``sim-server``.
+"""The ``selfopt`` command: ``loop`` (cycles until a plateau), ``report``, ``sim-server``, ``simulate``.
 
 Every cycle of ``loop`` is an ordinary ``pytest --selfopt`` session in a subprocess, so each
 stays a reviewable step with its own files, exit status and output. Whether anything is
@@ -29,8 +29,25 @@ PROBE_ENV = "PYTEST_SELFOPT_PROBE"
 PYTEST = (sys.executable, "-m", "pytest")
 
 
+#: Subcommands that own their whole argument list: forwarded untouched.
+FORWARDED = {
+    "sim-server": ("pytest_selfopt.models.simserver", "serve the simulated models over HTTP on 127.0.0.1"),
+    "simulate": ("pytest_selfopt.study", "the gate policies' simulation study (docs/statistics.md)"),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="selfopt", description=__doc__.splitlines()[0])
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] and argv[0] in FORWARDED:
+        from importlib import import_module
+
+        forwarded: int = import_module(FORWARDED[argv[0]][0]).main(argv[1:])
+        return forwarded
+    parser = argparse.ArgumentParser(
+        prog="selfopt",
+        description="Run self-optimizing cycles until a plateau, report on them, serve the "
+        "simulated models over HTTP, simulate the gate policies.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     loop = sub.add_parser(
@@ -54,8 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rep.add_argument("--baselines", default="baselines", help="folder of the committed files")
     rep.add_argument("--why", metavar="PHASE", help="why is PHASE's routing what it is")
 
-    sim = sub.add_parser("sim-server", help="serve the simulated models over HTTP on 127.0.0.1")
-    sim.add_argument("rest", nargs=argparse.REMAINDER)
+    for name, (_, help_text) in FORWARDED.items():
+        sub.add_parser(name, help=help_text + f" (selfopt {name} --help)")
 
     args, extra = parser.parse_known_args(argv)
     if args.command == "loop":
@@ -64,11 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_loop(args.cycles, args.fresh, Path(args.rootdir), extra)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if args.command == "report":
-        return run_report(Path(args.baselines), args.why)
-    from .models.simserver import main as sim_main
-
-    return sim_main(list(args.rest))
+    return run_report(Path(args.baselines), args.why)
 
 
 def _positive(text: str) -> int:

@@ -270,15 +270,7 @@ ARGS = ["--config", str(EXAMPLE / "selfopt.yaml"), "--port", "0", "--time-scale"
 @pytest.mark.parametrize(
     "argv",
     [
-        pytest.param(
-            ["sim-server", *ARGS],
-            id="documented",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="cli.py: options after `sim-server` land in parse_known_args' extras "
-                "(REMAINDER does not take a leading --option); the lead fixes cli.py",
-            ),
-        ),
+        pytest.param(["sim-server", *ARGS], id="documented"),
         pytest.param(["sim-server", "--", *ARGS], id="after-double-dash"),
     ],
 )
