@@ -1,6 +1,6 @@
 """The committed files in ``baselines/``: read, validate, and write them safely (DESIGN.md §9).
 
-Formats live in ``filesformat.py``; this module adds the file system rules: every write goes
+Formats live in ``filesformat.py`` (dumps) and ``filesparse.py`` (parsers); this module adds the file system rules: every write goes
 through a temporary file in the same folder, fsync and ``os.replace``; a lock file records
 the writer's PID (and is broken when that process is gone); a cycle refuses to write when
 ``baseline.yaml`` changed since it was read; unchanged files are not touched at all, so a
@@ -28,10 +28,8 @@ from pytest_selfopt.filesformat import (
     dump_history,
     dump_log_lines,
     dump_routing,
-    parse_baseline,
-    parse_history,
-    parse_routing,
 )
+from pytest_selfopt.filesparse import parse_baseline, parse_history, parse_routing
 from pytest_selfopt.loop.types import AuditRecord, PhaseBaseline, Route
 
 __all__ = [
@@ -52,6 +50,9 @@ __all__ = [
     "dump_routing",
     "git_commit",
     "load_routing",
+    "parse_baseline",
+    "parse_history",
+    "parse_routing",
     "read_state",
     "sha256_of",
     "write_cycle",

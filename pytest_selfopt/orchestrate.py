@@ -25,6 +25,7 @@ from .loop.types import (
     Route,
     Sample,
 )
+from .racing import RacedOut, decided_samples, racing_policy
 from .wire import Collected, Shipment, missing_samples  # noqa: F401  (re-exported)
 
 #: The phase name a plan is computed under for phases first seen at collection.
@@ -146,9 +147,15 @@ def finish(
     dry_run: bool,
     report_path: Path | None = None,
     json_path: Path | None = None,
+    raced: Mapping[tuple[str, str], RacedOut] | None = None,
 ) -> Finished:
-    """Close the cycle and write its files (unless a dry run). Raises FilesError on refusal."""
-    outcome = close_cycle(prepared.state, prepared.settings, plans, list(samples))
+    """Close the cycle and write its files (unless a dry run). Raises FilesError on refusal.
+
+    ``raced``: candidates given up by racing, REJECTed on their runs up to the race
+    (``racing.py``); every sample still goes to ``json_path``."""
+    decided = decided_samples(samples, raced) if raced else list(samples)
+    with racing_policy(prepared.settings.policy, raced or {}):
+        outcome = close_cycle(prepared.state, prepared.settings, plans, decided)
     undecided = [
         f"{po.phase}: {d.label}"
         for po in outcome.phases
@@ -241,8 +248,8 @@ def check(
         results.append(
             check_regression(phase, committed, measured, last_patterns or None, prepared.settings.gates)
         )
-    lines = [*report.check_terminal_lines(results), *notes]
-    markdown = report.check_markdown(results)
+    lines = report.check_terminal_lines(results, notes=notes)
+    markdown = report.check_markdown(results, notes=notes)
     if report_path is not None:
         write_report(markdown, report_path)
     return Checked(lines, markdown, any(r.regressed for r in results))

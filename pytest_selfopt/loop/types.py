@@ -90,6 +90,8 @@ class GateSettings:
     #: cases with a cold-start pattern needed to recommend warm-up without a spec-level
     #: (per-worker) cold start: one case's pattern is too easily a flaky prompt
     warmup_min_cases: int = 2
+    #: --selfopt-check: how far the routed spec's median may fall below the committed one
+    regression_tolerance: float = 0.0
 
 
 @dataclass(frozen=True)
