@@ -23,6 +23,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .historyview import ceiling_line, curve_lines, cycle_line, promoted
+from .why import explain
+
 SELFOPT_FILES = ("baseline.yaml", "routing.yaml", "history.json", "decisions.log")
 #: Environment variable naming the file a probe session writes its findings to.
 PROBE_ENV = "PYTEST_SELFOPT_PROBE"
@@ -238,70 +241,6 @@ def read_history(baselines: Path) -> list[dict[str, Any]]:
     return cycles
 
 
-def promoted(entry: Mapping[str, Any]) -> bool:
-    return any(rec.get("winner") for rec in entry.get("phases", {}).values())
-
-
-def _median(metrics: Any) -> float | None:
-    if isinstance(metrics, Mapping) and isinstance(metrics.get("median"), int | float):
-        return float(metrics["median"])
-    return None
-
-
-def phase_scores(rec: Mapping[str, Any]) -> tuple[float | None, float | None]:
-    """(median of the baseline as re-measured this cycle, committed baseline median after)."""
-    before = _median(rec.get("measured_baseline"))
-    after = _median((rec.get("baseline_after") or {}).get("metrics"))
-    if after is None and not rec.get("winner"):
-        after = before  # the suite's initial spec: committed without metrics, measured here
-    return before, after
-
-
-def _label(spec: Mapping[str, Any], base: Mapping[str, Any] | None) -> str:
-    from .loop.types import Spec
-
-    try:
-        mine = Spec.from_dict(spec)
-        return mine.label(Spec.from_dict(base)) if base else mine.id
-    except (KeyError, TypeError, ValueError):
-        return str(spec.get("spec_id", "?"))
-
-
-def cycle_line(entry: Mapping[str, Any]) -> str:
-    """``cycle 2: atomic 0.833 (=); extended 0.000 (=), not verified: ...; next: ...``"""
-    parts = []
-    phases = entry.get("phases", {})
-    for phase, rec in phases.items():
-        before, after = phase_scores(rec)
-        winner = rec.get("winner")
-        cands = rec.get("candidates", [])
-        if winner:
-            label = next((c["label"] for c in cands if c["spec_id"] == winner), winner)
-            text = f"{phase} {_num(before)} -> {_num(after)} PROMOTE {label}"
-        else:
-            text = f"{phase} {_num(before)} (=)"
-        failed = [
-            f"{c['label']} ({(c.get('decision') or {}).get('verdict', '?')})"
-            for c in cands
-            if c.get("origin") == "pending"
-            and (c.get("decision") or {}).get("verdict") != "PROMOTE"
-        ]
-        if failed:
-            text += ", not verified: " + ", ".join(failed)
-        parts.append(text)
-    pending = []
-    for p in entry.get("pending", []):
-        base = ((phases.get(p.get("phase")) or {}).get("baseline_after") or {}).get("spec")
-        action = (p.get("recommendation") or {}).get("action", "?")
-        pending.append(f"{p.get('phase')} {_label(p.get('spec', {}), base)} ({action})")
-    tail = f"; next: {', '.join(pending)}" if pending else ""
-    return f"cycle {entry.get('cycle', '?')}: " + "; ".join(parts) + tail
-
-
-def _num(value: Any) -> str:
-    return "-" if value is None else f"{float(value):.3f}"
-
-
 # --------------------------------------------------------------------------- report
 
 
@@ -324,46 +263,6 @@ def run_report(baselines: Path, why: str | None) -> int:
     return 0
 
 
-def curve(history: Sequence[Mapping[str, Any]]) -> dict[str, list[float | None]]:
-    """Per phase: the measured start, then the committed baseline median after each cycle."""
-    out: dict[str, list[float | None]] = {}
-    for entry in history:
-        for phase, rec in entry.get("phases", {}).items():
-            before, after = phase_scores(rec)
-            if phase not in out:
-                out[phase] = [before]
-            out[phase].append(after)
-    return out
-
-
-def curve_lines(history: Sequence[Mapping[str, Any]]) -> list[str]:
-    """``atomic    0.667 -> 0.833 -> 0.833  (ceiling: no promotion since cycle 1)``"""
-    points = curve(history)
-    width = max((len(p) for p in points), default=0)
-    lines = []
-    for phase in sorted(points):
-        values = points[phase]
-        path = " -> ".join(_num(v) for v in values)
-        lines.append(f"{phase.ljust(width)}  {path}  ({_phase_note(history, phase)})")
-    return lines
-
-
-def _phase_note(history: Sequence[Mapping[str, Any]], phase: str) -> str:
-    entries = [e for e in history if phase in e.get("phases", {})]
-    last = entries[-1]
-    wins = [int(e["cycle"]) for e in entries if e["phases"][phase].get("winner")]
-    pending = [p for p in last.get("pending", []) if p.get("phase") == phase]
-    since = f"cycle {wins[-1]}" if wins else "the start"
-    _, score = phase_scores(last["phases"][phase])
-    if wins and wins[-1] == last.get("cycle"):
-        return f"climbing: promoted in cycle {wins[-1]}"
-    if pending:
-        return f"verifying {len(pending)} pending recommendation(s); no promotion since {since}"
-    if score is not None and score >= 1.0:
-        return f"ceiling: perfect score since {since}"
-    return f"flat: no promotion since {since}"
-
-
 def _left_to_try(baselines: Path) -> dict[str, list[str]] | None:
     """The next cycle's candidates per phase when a suite config is found here, else None."""
     try:
@@ -382,186 +281,7 @@ def _left_to_try(baselines: Path) -> dict[str, list[str]] | None:
     }
 
 
-def ceiling_line(
-    history: Sequence[Mapping[str, Any]], left: Mapping[str, Sequence[str]] | None
-) -> str:
-    last = history[-1]
-    cycle = last.get("cycle")
-    if promoted(last):
-        return f"still climbing: cycle {cycle} promoted; run another cycle"
-    if last.get("pending"):
-        return f"not at the ceiling yet: cycle {cycle} left recommendations to verify"
-    if left is None:
-        return (
-            f"ceiling reached unless an untried candidate is left: cycle {cycle} promoted nothing "
-            "and no recommendation is pending (`selfopt loop` checks the rest)"
-        )
-    open_ = {p: labels for p, labels in left.items() if labels}
-    if open_:
-        what = "; ".join(f"{p}: {', '.join(labels)}" for p, labels in open_.items())
-        return f"not at the ceiling yet: untried candidates left ({what})"
-    return (
-        f"ceiling reached: cycle {cycle} promoted nothing, no untried candidate and "
-        "no pending recommendation left"
-    )
-
-
 # --------------------------------------------------------------------------- why
-
-
-def explain(baselines: Path, phase: str) -> int:
-    """Answer "why is the routing what it is" from decisions.log alone."""
-    log = baselines / "decisions.log" if baselines.is_dir() or not baselines.exists() else baselines
-    if not log.exists():
-        print(f"{log}: not found; run `pytest --selfopt` first")
-        return 1
-    records = []
-    for number, line in enumerate(log.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            print(f"{log}:{number}: not a JSON line; skipped")
-    mine = [r for r in records if r.get("phase") == phase]
-    if not mine:
-        phases = sorted({str(r.get("phase")) for r in records})
-        print(f"{log}: no record for phase {phase!r}; phases: {', '.join(phases) or 'none'}")
-        return 1
-    routes = [r for r in mine if r.get("event") == "enforce"]
-    print(f"why {phase} is routed as it is (from {log}):")
-    if routes:
-        last = routes[-1]
-        after = (last.get("detail") or {}).get("after") or {}
-        print(f"  now: {_route_text(after)}  [spec {after.get('spec_id', '?')}, set in cycle "
-              f"{last.get('cycle')}{_at(last)}]")  # fmt: skip
-    else:
-        print("  now: no routing recorded yet")
-    print("  how it got there:")
-    for line in why_lines(mine):
-        print(f"    {line}")
-    return 0
-
-
-def why_lines(records: Sequence[Mapping[str, Any]]) -> list[str]:
-    """One phase's audit records, cycle by cycle, as sentences; routine rejections grouped."""
-    promoted_ids = {
-        (r.get("cycle"), r.get("spec_id")) for r in records if r.get("event") == "promote"
-    }
-    lines: list[str] = []
-    cycles = list(dict.fromkeys(r.get("cycle") for r in records))
-    for cycle in cycles:
-        here = [r for r in records if r.get("cycle") == cycle]
-        prefix = f"cycle {cycle}{_at(here[0])}: "
-        routine = [
-            r
-            for r in here
-            if r.get("event") == "decision"
-            and (r.get("detail") or {}).get("origin") != "pending"
-            and (r.get("detail") or {}).get("verdict") != "PROMOTE"
-        ]
-        if routine:
-            reasons = list(
-                dict.fromkeys(
-                    _strip_verdict((r.get("detail") or {}).get("reason")).split(":")[0]
-                    for r in routine
-                )
-            )
-            verdicts = "/".join(
-                dict.fromkeys(str((r.get("detail") or {}).get("verdict")) for r in routine)
-            )
-            labels = ", ".join(str(r.get("label")) for r in routine)
-            lines.append(
-                f"{prefix}{verdicts} {len(routine)} searched candidate(s) ({labels}): "
-                f"{'; '.join(reasons)}"
-            )
-        for r in here:
-            if r in routine:
-                continue
-            text = _why_line(r, (cycle, r.get("spec_id")) in promoted_ids)
-            if text:
-                lines.append(prefix + text)
-    return lines
-
-
-def _at(record: Mapping[str, Any]) -> str:
-    commit = record.get("git_commit")
-    return f" @{str(commit)[:10]}" if commit else ""
-
-
-def _route_text(route: Mapping[str, Any]) -> str:
-    spec = route.get("spec") or {}
-    knobs = ", ".join(f"{k} {_scalar(v)}" for k, v in spec.items())
-    fallbacks = route.get("fallbacks") or []
-    return f"{knobs}; fallbacks: {', '.join(fallbacks) if fallbacks else 'none'}"
-
-
-def _scalar(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def _gates(detail: Mapping[str, Any]) -> str:
-    gates = detail.get("gates") or []
-    return "; ".join(
-        f"{g.get('name')} {'ok' if g.get('passed') else 'FAILED'}: {g.get('detail')}" for g in gates
-    )
-
-
-def _why_line(record: Mapping[str, Any], verified_here: bool = False) -> str | None:
-    event = record.get("event")
-    detail = record.get("detail") or {}
-    label = record.get("label")
-    if event == "decision":
-        # PROMOTE: the promote record says it, with its metrics; a failed pending candidate:
-        # the verify_failed record says it, with the recommendation behind it.
-        return None
-    if event == "promote":
-        decision = _strip_verdict(str(detail.get("reason", "")).split(": ", 1)[-1])
-        return f"PROMOTE {label}: {decision} -> new baseline"
-    if event == "verify_failed":
-        return (
-            f"not verified: {label} ({detail.get('action')}) {detail.get('verdict')}: "
-            f"{_strip_verdict(detail.get('reason'))}; not enforced, not re-proposed while "
-            "cooling down"
-        )
-    if event == "recommend":
-        return (
-            f"recommended {label} ({detail.get('action')}): {detail.get('reason')}; "
-            "pending verification next cycle"
-        )
-    if event == "enforce":
-        before, after = detail.get("before"), detail.get("after") or {}
-        why = (
-            "verified: passed the gates this cycle"
-            if verified_here
-            else "the phase's current baseline; nothing passed the gates"
-        )
-        if before is None:
-            return f"routing set: {_route_text(after)} ({why})"
-        changes = [
-            f"{k} {_scalar((before.get('spec') or {}).get(k))} -> {_scalar(v)}"
-            for k, v in (after.get("spec") or {}).items()
-            if (before.get("spec") or {}).get(k) != v
-        ]
-        if before.get("fallbacks") != after.get("fallbacks"):
-            changes.append(
-                f"fallbacks [{', '.join(before.get('fallbacks') or [])}] -> "
-                f"[{', '.join(after.get('fallbacks') or [])}]"
-            )
-        return f"routing changed: {', '.join(changes) or 'no knob'} ({why})"
-    return f"{event} {label}"
-
-
-def _strip_verdict(reason: Any) -> str:
-    text = str(reason or "")
-    for verdict in ("PROMOTE: ", "HOLD: ", "REJECT: "):
-        if text.startswith(verdict):
-            return text[len(verdict) :]
-    return text
 
 
 if __name__ == "__main__":  # pragma: no cover

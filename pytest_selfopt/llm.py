@@ -7,8 +7,9 @@ recorded here into the item's :class:`~pytest_selfopt.loop.types.Sample`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from .cases import Case, CheckResult
 from .loop.types import WRONG_ANSWER, Sample, Spec

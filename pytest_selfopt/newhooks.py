@@ -6,7 +6,8 @@ built-in behaviour; plain hooks extend registries or observe results.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, MutableMapping
+from collections.abc import MutableMapping
+from typing import TYPE_CHECKING, Any
 
 import pytest
 

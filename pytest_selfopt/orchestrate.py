@@ -137,6 +137,28 @@ class Finished:
     written: list[str]
     undecided: list[str]  # specs whose every sample errored
     markdown: str
+    power: list[str]  # per phase: the minimum detectable effect, and "underpowered" when so
+    curve: list[str]  # baseline accuracy over the cycles, this one included
+
+
+def power_lines(outcome: CycleOutcome, settings: LoopSettings) -> list[str]:
+    """Said out loud: the smallest gain each phase could detect, from its baseline's rates."""
+    from .loop.paired import minimum_detectable_effect, power_note
+
+    lines = []
+    for po in outcome.phases:
+        stats = po.stats.get(po.plan.baseline.id)
+        if stats is None or not stats.samples:
+            continue
+        k = max(len(po.plan.candidates), 1)
+        mde = minimum_detectable_effect(stats, k, settings.gates)
+        note = power_note(stats, k, settings.gates)
+        lines.append(
+            f"power {po.phase}: minimum detectable effect {mde * 100:+.1f} points "
+            f"({len(stats.case_ids)} prompts x {stats.runs} runs x {k} candidate(s))"
+            + (f"; {note}" if note else "")
+        )
+    return lines
 
 
 def finish(
@@ -187,7 +209,13 @@ def finish(
         doc = report.json_document(outcome, [s.to_dict() for s in samples])
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    return Finished(outcome, written, undecided, markdown)
+    from .historyview import curve_lines
+
+    curve = ["baseline accuracy (median run accuracy), start -> after each cycle:"]
+    curve += [f"  {line}" for line in curve_lines(history)]
+    return Finished(
+        outcome, written, undecided, markdown, power_lines(outcome, prepared.settings), curve
+    )
 
 
 def write_report(markdown: str, path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,34 +18,39 @@ import pytest
 if TYPE_CHECKING:
     from .orchestrate import Prepared
 
+from . import racing
 from .cases import CHECK_RECORDER, Case
 from .config import ConfigError, find_config, load_config
 from .files import FilesError
 from .llm import LLM, sample_property
 from .loop.types import PhasePlan, Sample
+from .nodes import case_of, marker_phase, module_phase, phase_of, point_of
 from .runner import Runner
-from .wire import Collected, Point, Shipment, missing_samples, points
+from .wire import Collected, Point, Shipment, points
 
 SHIPMENT_KEY = "selfopt_shipment"
 PLUGIN_NAME = "selfopt_controller"
 LLM_KEY = pytest.StashKey[LLM]()
 
 
-def positive_int(text: str) -> int:
+def whole_number(text: str, minimum: int | None = None) -> int:
+    """argparse type: a whole number (at least ``minimum``); the refusal shows the value."""
     try:
-        value = int(text)
+        value: int | None = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+        value = None
+    if value is None or (minimum is not None and value < minimum):
+        bound = "" if minimum is None else f" >= {minimum}"
+        raise argparse.ArgumentTypeError(f"expected a whole number{bound}, got {text!r}")
     return value
 
 
-def whole_number(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+def positive_int(text: str) -> int:
+    return whole_number(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    return whole_number(text, 0)
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -64,6 +70,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--selfopt-runs", type=positive_int, metavar="N", help="runs per spec (default: config)"
+    )
+    group.addoption(
+        "--selfopt-race-after",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="racing: from run N on, skip the remaining items of a candidate that cannot beat "
+        "the baseline any more (0: off, the default)",
     )
     group.addoption("--selfopt-seed", type=whole_number, metavar="N", help="override the seed")
     group.addoption("--selfopt-dry-run", action="store_true", help="whole cycle, write nothing")
@@ -102,6 +116,9 @@ class XdistHooks:
         if self.controller.shipment is not None:
             node.workerinput[SHIPMENT_KEY] = self.controller.shipment.to_dict()
             node.workerinput["selfopt_config_path"] = str(self.controller.config_path)
+        if self.controller.board is not None:
+            path = self.controller.board.temp_file(self.controller.config.add_cleanup)
+            node.workerinput[racing.FILE_KEY] = str(path)
 
 
 class Controller:
@@ -118,11 +135,16 @@ class Controller:
         self.collected = Collected()
         self.runner: Runner | None = None
         self.summary: list[str] = []
+        self.board: racing.RaceBoard | None = None  # controller, racing on
+        self.race: racing.RaceView | None = None  # the board, or a worker's reader of its file
+        self.race_note: str | None = None
         if self.is_worker:
             data = config.workerinput.get(SHIPMENT_KEY)  # type: ignore[attr-defined]
             if data is not None:
                 self.shipment = Shipment.from_dict(data)
                 self.config_path = Path(config.workerinput["selfopt_config_path"])  # type: ignore[attr-defined]
+            race_file = config.workerinput.get(racing.FILE_KEY)  # type: ignore[attr-defined]
+            self.race = racing.RaceReader(Path(race_file)) if race_file else None
         else:
             self.prepare()
 
@@ -160,6 +182,10 @@ class Controller:
                 f"{self.config_path}: policy: unknown policy "
                 f"{self.prepared.settings.policy!r}; expected one of: {known}"
             )
+        if config.getoption("selfopt"):
+            after, settings = config.getoption("selfopt_race_after"), self.prepared.settings
+            self.board, self.race_note = racing.board_for(self.shipment, settings, after)
+            self.race = self.board
 
     def _plan_hook(self, phase: str, state: Any, settings: Any) -> PhasePlan | None:
         result: PhasePlan | None = self.config.hook.pytest_selfopt_generate_plan(
@@ -183,7 +209,10 @@ class Controller:
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
         if "llm" not in metafunc.fixturenames or not self.measuring or self.shipment is None:
             return
-        phase = _phase_of(metafunc.definition) or _module_phase(metafunc.definition)
+        try:
+            phase = phase_of(metafunc.definition) or module_phase(metafunc.definition)
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
         plan = self.shipment.plan_for(phase)
         if plan is not None:
             params = points(plan, self.shipment.runs)
@@ -198,15 +227,15 @@ class Controller:
             return
         groups: dict[str, int] = {}
         for item in items:
-            point = _point_of(item)
+            point = point_of(item)
             if point is not None:
-                case = _case_of(item)
+                case = case_of(item)
                 key_ = [point.phase, point.spec.id, case.id if case else "-", point.run]
                 item.user_properties.append(("selfopt_point", key_))
 
         def key(pair: tuple[int, pytest.Item]) -> tuple[int, int, int, int]:
             position, item = pair
-            point = _point_of(item)
+            point = point_of(item)
             if point is None:
                 return (0, 0, 0, position)
             group = groups.setdefault(item.nodeid.replace(f"-{point.id}]", "]"), len(groups))
@@ -214,7 +243,25 @@ class Controller:
 
         items[:] = [item for _, item in sorted(enumerate(items), key=key)]
 
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        """Racing: each item says how many items its (phase, spec, run) has (after -k
+        deselection), so the controller knows when a run is complete, even under xdist."""
+        if self.race is None:
+            return
+        points_ = {item: p for item in session.items if (p := point_of(item))}
+        keys = {item: (p.phase, p.spec.id, p.run) for item, p in points_.items()}
+        counts = Counter(keys.values())
+        for item, key_ in keys.items():
+            item.user_properties.append((racing.ITEMS_KEY, [*key_, counts[key_]]))
+
     # -- running -------------------------------------------------------------------------
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        """A raced-out candidate's item is skipped before any fixture or model call."""
+        point = point_of(item) if self.race is not None else None
+        if point and self.race and (why := self.race.reason_for(point.phase, point.spec.id)):
+            pytest.skip(why)
+
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_makereport(
         self, item: pytest.Item, call: pytest.CallInfo[None]
@@ -230,9 +277,12 @@ class Controller:
             report.user_properties.append(("selfopt_no_sample", item.nodeid))
             return
         report.user_properties.append(sample_property(sample))
-        # Flat, readable properties for --junitxml and other report consumers.
-        for name in ("passed", "error_kind", "latency_s", "attempts", "restraint", "model"):
-            report.user_properties.append((f"selfopt.{name}", getattr(sample, name)))
+        # Flat, readable properties for --junitxml: junitxml writes the *teardown* report's
+        # properties, which come from item.user_properties (the call report's list is a copy).
+        for name in ("phase", "spec_id", "case_id", "run", "passed", "error_kind", "latency_s",
+                     "total_latency_s", "attempts", "restraint", "input_tokens",
+                     "output_tokens", "model", "worker"):  # fmt: skip
+            item.user_properties.append((f"selfopt.{name}", getattr(sample, name)))
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if self.is_worker or not self.measuring:
@@ -240,6 +290,10 @@ class Controller:
         for name, value in report.user_properties:
             if name == "selfopt_sample" and report.when == "call":
                 self.collected.samples.append(Sample.from_dict(value))
+                if self.board is not None:
+                    self.board.add_sample(self.collected.samples[-1])
+            elif name == racing.ITEMS_KEY and report.when == "teardown" and self.board:
+                self.board.item_finished(*value)  # type: ignore[misc]
             elif name == "selfopt_no_sample":
                 self.collected.no_sample.append(value)
             elif name == "selfopt_point" and report.when == "setup" and report.skipped:
@@ -267,8 +321,7 @@ class Controller:
             session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED
             return
         assert self.shipment is not None
-        plans = {p: self.shipment.plan_for(p) for p in self.collected.phases()}
-        plans_ = {p: plan for p, plan in plans.items() if plan is not None}
+        plans_ = self.collected.plans(self.shipment)
         option = self.config.getoption
         report_path = _path(option("selfopt_report"))
         from . import orchestrate
@@ -291,6 +344,7 @@ class Controller:
                 dry_run=dry_run,
                 report_path=report_path,
                 json_path=_path(option("selfopt_json")),
+                raced=self.board.raced if self.board else None,
             )
         except FilesError as exc:
             self.summary = [f"nothing written: {exc}"]
@@ -302,6 +356,10 @@ class Controller:
         self.summary = report.terminal_lines(
             finished.outcome, written=finished.written, dry_run=dry_run, width=width
         )
+        if self.board is not None:
+            self.summary += self.board.summary_lines(self.collected.skipped, session.testscollected)
+        self.summary += [self.race_note] if self.race_note else []
+        self.summary += finished.power + finished.curve
         self.config.hook.pytest_selfopt_cycle_complete(
             outcome=finished.outcome, written=finished.written
         )
@@ -319,73 +377,15 @@ class Controller:
         stop = session.shouldstop or session.shouldfail or getattr(dsession, "shouldstop", False)
         if stop:
             problems.append(f"session stopped early: {stop}")
-        if self.collected.finished_items < session.testscollected:
-            problems.append(
-                f"{session.testscollected - self.collected.finished_items} of "
-                f"{session.testscollected} items did not finish (crashed worker?)"
-            )
-        if self.collected.no_sample:
-            problems.append(
-                f"{len(self.collected.no_sample)} test(s) used llm but never called llm.ask, "
-                f"e.g. {self.collected.no_sample[0]}"
-            )
-        if not problems and self.shipment is not None:
-            plans = {p: self.shipment.plan_for(p) for p in self.collected.phases()}
-            problems += missing_samples(
-                {k: v for k, v in plans.items() if v is not None}, self.collected, self.shipment.runs
-            )
-        return problems
+        # Missing samples are only worth naming when the session itself ran to its end.
+        shipment = None if problems else self.shipment
+        return problems + self.collected.problems(session.testscollected, shipment)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.summary:
             terminalreporter.write_sep("=", "selfopt")
             for line in self.summary:
                 terminalreporter.write_line(line)
-
-
-def _phase_of(definition: Any) -> str | None:
-    """A test's phase: its ``selfopt_phase`` marker, else the phase of its Case params."""
-    name = _marker_phase(definition)
-    if name is not None:
-        return name
-    phases = set()
-    for mark in definition.iter_markers("parametrize"):
-        values = mark.args[1] if len(mark.args) > 1 else mark.kwargs.get("argvalues", ())
-        for value in values:
-            for v in value.values if hasattr(value, "values") and not isinstance(value, Case) else (value,):
-                items = v if isinstance(v, tuple) else (v,)
-                phases.update(x.phase for x in items if isinstance(x, Case))
-    if len(phases) > 1:
-        raise pytest.UsageError(
-            f"{definition.nodeid}: cases of several phases ({', '.join(sorted(phases))}) in one "
-            "test; split them or mark the test with @pytest.mark.selfopt_phase(NAME)"
-        )
-    return phases.pop() if phases else None
-
-
-def _marker_phase(node: Any) -> str | None:
-    marker = node.get_closest_marker("selfopt_phase")
-    return str(marker.args[0]) if marker is not None and marker.args else None
-
-
-def _module_phase(node: Any) -> str:
-    """No marker and no Case params: the module name without ``test_``."""
-    name = Path(str(node.path)).stem
-    return name.removeprefix("test_")
-
-
-def _point_of(item: Any) -> Point | None:
-    callspec = getattr(item, "callspec", None)
-    point = callspec.params.get("selfopt_point") if callspec is not None else None
-    return point if isinstance(point, Point) else None
-
-
-def _case_of(node: Any) -> Case | None:
-    callspec = getattr(node, "callspec", None)
-    if callspec is None:
-        return None
-    cases = [v for v in callspec.params.values() if isinstance(v, Case)]
-    return cases[0] if len(cases) == 1 else None
 
 
 def _path(value: str | None) -> Path | None:
@@ -408,11 +408,11 @@ def llm(request: pytest.FixtureRequest, selfopt_point: Point | None) -> Iterator
     controller: Controller = request.config.pluginmanager.get_plugin(PLUGIN_NAME)
     runner = controller.get_runner()
     node = request.node
-    case = _case_of(node)
+    case = case_of(node)
     if selfopt_point is not None:
         obj = LLM(runner, selfopt_point.spec, selfopt_point.phase, case, selfopt_point.run)
     else:
-        phase = (case.phase if case else None) or _marker_phase(node) or _module_phase(node)
+        phase = (case.phase if case else None) or marker_phase(node) or module_phase(node)
         route = controller.shipment.route_for(phase) if controller.shipment else None
         if route is None:
             raise pytest.UsageError(f"{node.nodeid}: no routed spec for phase {phase!r}")

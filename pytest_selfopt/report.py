@@ -10,9 +10,9 @@ terminal (no newlines, no escape sequences) and escaped for Markdown.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
+from pytest_selfopt.historyview import curve_lines
 from pytest_selfopt.loop.regress import RegressionResult
 from pytest_selfopt.loop.types import CycleOutcome, PhaseOutcome
 from pytest_selfopt.markdown import check_markdown, escape_html, escape_md, markdown
@@ -174,41 +174,6 @@ def terminal_lines(
             )
     lines.append("")
     lines += _written_lines(written, dry_run, outcome.promoted)
-    return lines
-
-
-def _curve_note(history: Sequence[Mapping[str, Any]], phase: str, last: float | None) -> str:
-    entries = [
-        e["phases"][phase]
-        for e in history
-        if isinstance(e.get("phases"), Mapping) and isinstance(e["phases"].get(phase), Mapping)
-    ]
-    if not entries:
-        return ""
-    if not entries[-1].get("candidates"):
-        return "  (ceiling: no untried candidate)"
-    if last is not None and last >= 1.0:
-        return "  (ceiling: perfect score)"
-    quiet = 0
-    for data in reversed(entries):
-        if data.get("winner"):
-            break
-        quiet += 1
-    if quiet >= 2:
-        return f"  (plateau: no promotion in the last {quiet} cycles)"
-    return ""
-
-
-def curve_lines(history: Sequence[Mapping[str, Any]]) -> list[str]:
-    """``atomic   0.667 → 0.833 → 0.833  (ceiling: no untried candidate)`` per phase."""
-    points = curve(history)
-    width = max((len(clean(p)) for p in points), default=0)
-    lines = []
-    for phase in sorted(points):
-        values = [v for _, v in points[phase]]
-        path = " → ".join("n/a" if v is None else f"{v:.3f}" for v in values)
-        note = _curve_note(history, phase, values[-1] if values else None)
-        lines.append(f"{clean(phase).ljust(width)}   {path}{note}")
     return lines
 
 

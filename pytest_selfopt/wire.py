@@ -151,6 +151,29 @@ class Collected:
     def phases(self) -> list[str]:
         return sorted({s.phase for s in self.samples})
 
+    def plans(self, shipment: Shipment) -> dict[str, PhasePlan]:
+        """The plan of every phase that produced a sample."""
+        plans = {p: shipment.plan_for(p) for p in self.phases()}
+        return {p: plan for p, plan in plans.items() if plan is not None}
+
+    def problems(self, collected_items: int, shipment: Shipment | None) -> list[str]:
+        """Why these reports cannot make a cycle: unfinished items, tests that never asked,
+        missing samples (skipped items, e.g. raced out, are expected). Empty: they can."""
+        problems: list[str] = []
+        if self.finished_items < collected_items:
+            problems.append(
+                f"{collected_items - self.finished_items} of {collected_items} items did not "
+                "finish (crashed worker?)"
+            )
+        if self.no_sample:
+            problems.append(
+                f"{len(self.no_sample)} test(s) used llm but never called llm.ask, "
+                f"e.g. {self.no_sample[0]}"
+            )
+        if not problems and shipment is not None:
+            problems += missing_samples(self.plans(shipment), self, shipment.runs)
+        return problems
+
 
 def missing_samples(
     plans: Mapping[str, PhasePlan], collected: Collected, runs: int

@@ -8,7 +8,7 @@ import re
 from reportdata import BASE, HOSTILE, build_outcome, sample_history
 
 from pytest_selfopt.loop.types import CycleOutcome
-from pytest_selfopt.report import curve, curve_lines, json_document, terminal_lines
+from pytest_selfopt.report import curve, json_document, terminal_lines
 
 # --------------------------------------------------------------------------- terminal
 
@@ -131,10 +131,3 @@ def test_curve_reads_baseline_after_medians_fromsample_history() -> None:
         "extended": [(1, 0.5), (2, None)],  # unmeasured initial: the re-measured median, if any
     }
     assert curve([]) == {} and curve([{"cycle": "x"}]) == {}
-
-
-def test_curve_lines() -> None:
-    assert curve_lines(sample_history()) == [
-        "atomic     0.667 → 0.833 → 0.833  (ceiling: no untried candidate)",
-        "extended   0.500 → n/a  (plateau: no promotion in the last 2 cycles)",
-    ]

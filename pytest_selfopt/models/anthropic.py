@@ -14,7 +14,8 @@ Error classification is the OpenAI provider's; Anthropic's 529 ``overloaded_erro
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .base import REFERENCE_HEADER, ProviderError, Reply, Request, display_url
 from .openai import (
@@ -91,7 +92,7 @@ class AnthropicProvider:
         self.time_scale = options.time_scale  # read by the runner (latency, backoff)
         self.version = version
         self.max_tokens = max_tokens
-        base = options.base_url[:-3] if options.base_url.endswith("/v1") else options.base_url
+        base = options.base_url.removesuffix("/v1")
         self.url = f"{base}/v1/messages"
 
     def new_client(self) -> AnthropicClient:

@@ -15,8 +15,9 @@ from __future__ import annotations
 import email.utils
 import math
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
 #: The HTTP header that carries a :class:`Reference` (JSON) to a simulator server.

@@ -31,9 +31,10 @@ import hashlib
 import json
 import math
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import Any, Mapping
+from typing import Any
 
 from .base import Client, ProviderError, Reference, Reply, Request
 

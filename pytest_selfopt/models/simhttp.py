@@ -31,7 +31,7 @@ FAULT_HEADER = "X-Selfopt-Fault"
 FAULT_KINDS = frozenset(
     {"latency", "trickle", "status", "drop", "malformed", "content_type", "echo_headers"}
 )
-_COUNTS = "connections requests with_reference without_reference in_flight max_in_flight".split()
+_COUNTS = ["connections", "requests", "with_reference", "without_reference", "in_flight", "max_in_flight"]
 _BREAKDOWNS = ("by_path", "by_model", "statuses", "faults", "cold_starts")
 _RESPONSE_KINDS = FAULT_KINDS - {"latency"}
 _BORING_HEADERS = frozenset(
