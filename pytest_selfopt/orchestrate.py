@@ -153,11 +153,11 @@ def power_lines(outcome: CycleOutcome, settings: LoopSettings) -> list[str]:
         k = max(len(po.plan.candidates), 1)
         mde = minimum_detectable_effect(stats, k, settings.gates)
         note = power_note(stats, k, settings.gates)
-        lines.append(
-            f"power {po.phase}: minimum detectable effect {mde * 100:+.1f} points "
+        said = note or (
+            f"minimum detectable effect {mde * 100:+.1f} points "
             f"({len(stats.case_ids)} prompts x {stats.runs} runs x {k} candidate(s))"
-            + (f"; {note}" if note else "")
         )
+        lines.append(f"power {po.phase}: {said}")
     return lines
 
 
