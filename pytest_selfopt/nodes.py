@@ -17,7 +17,7 @@ def phase_of(definition: Any) -> str | None:
     name = marker_phase(definition)
     if name is not None:
         return name
-    phases = set()
+    phases: set[str] = set()
     for mark in definition.iter_markers("parametrize"):
         values = mark.args[1] if len(mark.args) > 1 else mark.kwargs.get("argvalues", ())
         for value in values:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -265,7 +265,7 @@ class Controller:
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_makereport(
         self, item: pytest.Item, call: pytest.CallInfo[None]
-    ) -> Iterator[None]:
+    ) -> Generator[None, Any, None]:
         outcome = yield
         llm = item.stash.get(LLM_KEY, None)
         if call.when != "call" or llm is None:
@@ -289,13 +289,13 @@ class Controller:
             return
         for name, value in report.user_properties:
             if name == "selfopt_sample" and report.when == "call":
-                self.collected.samples.append(Sample.from_dict(value))
+                self.collected.samples.append(Sample.from_dict(value))  # type: ignore[arg-type]
                 if self.board is not None:
                     self.board.add_sample(self.collected.samples[-1])
             elif name == racing.ITEMS_KEY and report.when == "teardown" and self.board:
                 self.board.item_finished(*value)  # type: ignore[misc]
             elif name == "selfopt_no_sample":
-                self.collected.no_sample.append(value)
+                self.collected.no_sample.append(str(value))
             elif name == "selfopt_point" and report.when == "setup" and report.skipped:
                 self.collected.skipped.add(tuple(value))  # type: ignore[arg-type]
         if report.when == "teardown":
@@ -405,7 +405,8 @@ def selfopt_point() -> Point | None:
 @pytest.fixture
 def llm(request: pytest.FixtureRequest, selfopt_point: Point | None) -> Iterator[LLM]:
     """A model bound to this item's spec: (spec, run) under --selfopt, else the routed spec."""
-    controller: Controller = request.config.pluginmanager.get_plugin(PLUGIN_NAME)
+    controller = request.config.pluginmanager.get_plugin(PLUGIN_NAME)
+    assert isinstance(controller, Controller)
     runner = controller.get_runner()
     node = request.node
     case = case_of(node)

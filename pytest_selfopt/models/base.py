@@ -215,16 +215,16 @@ def _load_builtins() -> None:
     _BUILTINS_LOADED = True
     from importlib import import_module
 
-    for mod, kind in (("sim", "sim"), ("openai", "openai"), ("anthropic", "anthropic")):
-        try:
-            module = import_module(f"pytest_selfopt.models.{mod}")
-        except ImportError:  # pragma: no cover - a provider module not written yet
-            continue
-        _REGISTRY.setdefault(kind, module.create)
-    try:
-        from importlib.metadata import entry_points
+    for kind in ("sim", "openai", "anthropic"):
+        _REGISTRY.setdefault(kind, import_module(f"pytest_selfopt.models.{kind}").create)
+    from importlib.metadata import entry_points
 
-        for ep in entry_points(group="pytest_selfopt.providers"):
-            _REGISTRY.setdefault(ep.name, ep.load())
-    except Exception:  # pragma: no cover - a broken third-party entry point
-        pass
+    for ep in entry_points(group="pytest_selfopt.providers"):
+        try:
+            factory = ep.load()
+        except Exception as exc:  # a broken third-party plugin: say which, do not hide it
+            raise LookupError(
+                f"provider entry point {ep.name!r} ({ep.value}) failed to load: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+        _REGISTRY.setdefault(ep.name, factory)
