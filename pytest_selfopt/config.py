@@ -50,6 +50,8 @@ Reference (every key, with its default)::
       power: 0.80           # (0, 1); power at which the detectable effect is computed
       warmup_min_cases: 2   # int >= 1; cold-start cases needed to recommend warm-up
       regression_tolerance: 0.0  # 0..1; --selfopt-check: allowed fall of the median
+      screen_runs: 0        # int >= 0; 3+ search candidates run only runs 1..N, the leader is
+                            # confirmed next cycle on all runs (0: off; docs/statistics.md)
 
 Rules worth knowing:
 
@@ -101,7 +103,7 @@ TOP_KEYS: tuple[str, ...] = ("seed", "runs", "policy", "models", "fallback_chain
 GATE_KEYS = ("min_samples", "max_variance", "min_restraint", "route_share", "cooldown_cycles",
              "alpha", "min_effect", "min_effect_prompts", "interval_level", "exact_below",
              "max_flip_rate", "effect_of_interest", "power", "warmup_min_cases",
-             "regression_tolerance")  # fmt: skip
+             "regression_tolerance", "screen_runs")  # fmt: skip
 POLICY_NAMES = ("paired", "seed")  # built in; plugins add more (pytest_selfopt_register_policies)
 ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]*")
@@ -426,4 +428,5 @@ def _gates(r: Reader, raw: Any) -> GateSettings:
         power=number("power", 0, 1, True),
         warmup_min_cases=whole("warmup_min_cases", 1),
         regression_tolerance=number("regression_tolerance", 0, 1),
+        screen_runs=whole("screen_runs", 0),
     )

@@ -256,7 +256,10 @@ class RaceBoard:
         return [s.id for s in plan.specs if (plan.phase, s.id) not in self.raced]
 
     def _complete(self, plan: PhasePlan, run: int) -> bool:
+        screened = {c.spec.id for c in plan.candidates if c.runs is not None and run > c.runs}
         for spec_id in self._in_race(plan):
+            if spec_id in screened:  # a screened spec has no items past its screening runs
+                continue
             key = (plan.phase, spec_id, run)
             if key not in self._expected or self._finished[key] < self._expected[key]:
                 return False

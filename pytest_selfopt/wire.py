@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .loop.types import Candidate, PhasePlan, Recommendation, Route, Sample, Spec
@@ -23,6 +23,7 @@ def plan_to_dict(plan: PhasePlan) -> dict[str, Any]:
                 "spec": c.spec.to_dict(),
                 "origin": c.origin,
                 "recommendation": c.recommendation.to_dict() if c.recommendation else None,
+                "runs": c.runs,
             }
             for c in plan.candidates
         ],
@@ -41,6 +42,7 @@ def plan_from_dict(data: Mapping[str, Any]) -> PhasePlan:
                 recommendation=(
                     Recommendation.from_dict(c["recommendation"]) if c["recommendation"] else None
                 ),
+                runs=c.get("runs"),
             )
             for c in data["candidates"]
         ),
@@ -78,9 +80,7 @@ class Shipment:
         return PhasePlan(
             phase=phase,
             baseline=base.baseline,
-            candidates=tuple(
-                Candidate(phase, c.spec, c.origin, c.recommendation) for c in base.candidates
-            ),
+            candidates=tuple(replace(c, phase=phase) for c in base.candidates),
         )
 
     def route_for(self, phase: str) -> Route | None:
@@ -130,12 +130,23 @@ class Point:
         return f"Point({self.phase}, {self.id})"
 
 
+def spec_runs(plan: PhasePlan, runs: int) -> list[tuple[Spec, int]]:
+    """Each spec of the plan with the runs it takes: all ``runs``, fewer when screened
+    (``Candidate.runs``: runs 1..k only, loop/screen.py)."""
+    limits = [None] + [c.runs for c in plan.candidates]
+    return [
+        (spec, runs if limit is None else min(limit, runs))
+        for spec, limit in zip(plan.specs, limits)
+    ]
+
+
 def points(plan: PhasePlan, runs: int) -> list[Point]:
-    """Run-major, specs interleaved within a run."""
+    """Run-major, specs interleaved within a run; a screened spec stops after its runs."""
     return [
         Point(plan.phase, spec, spec.label(plan.baseline), run, index)
         for run in range(1, runs + 1)
-        for index, spec in enumerate(plan.specs)
+        for index, (spec, last) in enumerate(spec_runs(plan, runs))
+        if run <= last
     ]
 
 
@@ -178,7 +189,8 @@ class Collected:
 def missing_samples(
     plans: Mapping[str, PhasePlan], collected: Collected, runs: int
 ) -> list[str]:
-    """Every spec of every phase that ran must have a sample per (case, run): else why not."""
+    """Every spec of every phase that ran must have a sample per (case, run) of its runs
+    (screened specs: runs 1..k): else why not."""
     have = {(s.phase, s.spec_id, s.case_id, s.run) for s in collected.samples}
     cases: dict[str, set[str]] = defaultdict(set)
     for s in collected.samples:
@@ -188,9 +200,9 @@ def missing_samples(
         plan = plans[phase]
         missing = [
             (spec.id, case, run)
-            for spec in plan.specs
+            for spec, last in spec_runs(plan, runs)
             for case in sorted(cases[phase])
-            for run in range(1, runs + 1)
+            for run in range(1, last + 1)
             if (phase, spec.id, case, run) not in have
             and (phase, spec.id, case, run) not in collected.skipped
         ]

@@ -1,9 +1,14 @@
 """The loop, composed: the plugin calls ``plan_cycle`` before collection and ``close_cycle``
 at session end; everything in between is measurement.
 
-Per phase (sorted): evaluate -> decide (the configured gate policy) -> diagnose every spec ->
-learn (winner, new baseline) -> recommend (from the new baseline's spec and from every HOLD
-candidate, applied to that candidate's spec) -> enforce (route, pending, audit).
+Per phase (sorted): evaluate -> decide (the configured gate policy) -> screen (screened
+candidates: the leader HOLD for confirmation next cycle, the others REJECT; loop/screen.py) ->
+diagnose every spec -> learn (winner, new baseline) -> recommend (a screened leader's
+confirmation first, then from the new baseline's spec and from every unscreened HOLD candidate,
+applied to that candidate's spec) -> enforce (route, pending, audit).
+
+Screened candidates are decided by the policy apart from the others: they are never promoted in
+the cycle that screened them, so they must not widen the others' multiple-comparison family.
 
 Pending candidates of the previous cycle that did not fit this cycle's plan (cap) are carried
 over unless they became the baseline or are cooling down; pending candidates of phases not
@@ -20,6 +25,7 @@ from .enforce import enforce
 from .evaluate import SampleColumns, as_columns, empty_stats, evaluate
 from .generate import cooling_down, generate
 from .learn import learn
+from .screen import CONFIRM_ACTION, screen, screened
 from .types import (
     HOLD,
     AuditRecord,
@@ -112,13 +118,20 @@ def _close_phase(
         for spec in plan.specs
     }
     labels = {c.spec.id: c.spec.label(plan.baseline) for c in plan.candidates}
-    decisions = policy.decide(
-        phase,
-        stats[plan.baseline.id],
-        [(c, stats[c.spec.id]) for c in plan.candidates],
-        settings.gates,
-        labels,
-    )
+    group = {c.spec.id for c in screened(plan)}
+    pairs = [(c, stats[c.spec.id]) for c in plan.candidates]
+    families = [
+        [p for p in pairs if p[0].spec.id not in group],
+        [p for p in pairs if p[0].spec.id in group],
+    ]
+    by_id = {
+        d.spec_id: d
+        for family in families
+        if family
+        for d in policy.decide(phase, stats[plan.baseline.id], family, settings.gates, labels)
+    }
+    screening = screen(plan, stats, [by_id[c.spec.id] for c in plan.candidates], settings.runs)
+    decisions = screening.decisions
     diagnoses_by_spec: dict[str, tuple[Diagnosis, ...]] = {
         spec_id: diagnose(s, s.runs or settings.runs) for spec_id, s in stats.items()
     }
@@ -131,9 +144,10 @@ def _close_phase(
             phase, spec, diagnoses_by_spec[spec_id], settings, len(stats[spec_id].case_ids)
         )
 
-    recommendations = list(recs_for(after.spec.id))
+    recommendations = [screening.recommendation] if screening.recommendation else []
+    recommendations += recs_for(after.spec.id)
     for d in decisions:
-        if d.verdict == HOLD:
+        if d.verdict == HOLD and d.spec_id not in group:
             recommendations.extend(recs_for(d.spec_id))
     route_before = state.routes.get(phase)
     route, new_pending, audit, enforced = enforce(
@@ -161,9 +175,11 @@ def _close_phase(
         baseline_after=after,
         route_before=route_before,
         route_after=route,
-        enforced=enforced,
+        enforced=((screening.line,) if screening.line else ()) + enforced,
     )
-    return outcome, carried + new_pending, audit
+    # A screened leader runs first next cycle: its confirmation was earned this cycle.
+    ordered = sorted(carried + new_pending, key=lambda p: p.recommendation.action != CONFIRM_ACTION)
+    return outcome, tuple(ordered), audit
 
 
 def _carry_over(
@@ -177,7 +193,11 @@ def _carry_over(
 ) -> tuple[PendingCandidate, ...]:
     """Earlier pending candidates of this phase that the plan had no room for."""
     planned = {s.id for s in plan.specs}
-    now = [TriedSpec(plan.phase, d.spec_id, cycle, d.verdict, "") for d in decisions]
+    origins = {c.spec.id: c.origin for c in plan.candidates}
+    now = [
+        TriedSpec(plan.phase, d.spec_id, cycle, d.verdict, origins.get(d.spec_id, ""))
+        for d in decisions
+    ]
     blocked = cooling_down(
         plan.phase, (*state.tried, *now), cycle + 1, settings.gates.cooldown_cycles
     )

@@ -7,7 +7,9 @@ next cycle and kept only if it passes the same gates. A pending candidate of thi
 did not PROMOTE is ``verify_failed`` and, being in cool-down, is not re-proposed.
 
 Pending candidates skip: the new baseline's spec, duplicates, and specs in cool-down (REJECT
-or HOLD within the last ``cooldown_cycles`` cycles, this cycle's decisions included).
+or HOLD within the last ``cooldown_cycles`` cycles, this cycle's decisions included). A screened
+leader's HOLD is no failed try: its ``confirm_screened`` recommendation (loop/screen.py) names
+the screened spec itself, which becomes a pending candidate verified on all runs next cycle.
 
 Audit records (decisions.log), in this order: one ``decision`` per candidate (verdict, reason,
 gates with their numbers), ``promote`` for the winner, ``verify_failed`` per failed pending

@@ -12,13 +12,17 @@ same items:
 
 Skipped: the baseline itself, duplicates (by spec id), and specs in cool-down: tried in this
 phase with verdict REJECT or HOLD in one of the last ``gates.cooldown_cycles`` cycles, so a
-failed idea is not re-measured every cycle. At most ``max_candidates`` are kept.
+failed idea is not re-measured every cycle; a screened leader's HOLD is not a failed try (it is
+confirmed next cycle, loop/screen.py). At most ``max_candidates`` are kept.
+
+With ``gates.screen_runs`` on and 3+ search candidates, they are screened: runs 1..k only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .screen import SCREEN, screen_plan
 from .types import (
     HOLD,
     REJECT,
@@ -35,12 +39,15 @@ def cooling_down(
     phase: str, tried: Sequence[TriedSpec], cycle: int, cooldown_cycles: int
 ) -> frozenset[str]:
     """Spec ids that may not be proposed in ``cycle``: REJECT/HOLD in
-    ``[cycle - cooldown_cycles, cycle - 1]``."""
+    ``[cycle - cooldown_cycles, cycle - 1]``; a screened leader's HOLD does not count."""
     lo = cycle - cooldown_cycles
     return frozenset(
         t.spec_id
         for t in tried
-        if t.phase == phase and t.verdict in (REJECT, HOLD) and lo <= t.cycle <= cycle - 1
+        if t.phase == phase
+        and t.verdict in (REJECT, HOLD)
+        and not (t.verdict == HOLD and t.origin == SCREEN)
+        and lo <= t.cycle <= cycle - 1
     )
 
 
@@ -70,4 +77,5 @@ def generate(
     for knob, values in settings.search.knobs:
         for value in values:
             offer(Candidate(phase, baseline.with_knob(knob, value), "search"))
-    return PhasePlan(phase=phase, baseline=baseline, candidates=tuple(chosen))
+    plan = PhasePlan(phase=phase, baseline=baseline, candidates=tuple(chosen))
+    return screen_plan(plan, settings.runs, settings.gates.screen_runs)

@@ -14,6 +14,7 @@ order, builtins only::
          "improvement": winner median - measured baseline median (0.0 without winner),
          "winner": spec id | None,
          "candidates": [{"spec_id", "label", "origin", "spec", "metrics", "decision"}],
+             (origin "screen": ran runs 1..k only, metrics["runs"] says k)
          "patterns": {spec_id: {case_id: "[F,P,...]"}},
          "diagnoses": [...], "recommendations": [...], "enforced": [...]}},
      "pending": [PendingCandidate.to_dict()]}

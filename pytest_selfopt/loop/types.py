@@ -92,6 +92,8 @@ class GateSettings:
     warmup_min_cases: int = 2
     #: --selfopt-check: how far the routed spec's median may fall below the committed one
     regression_tolerance: float = 0.0
+    #: screen -> confirm: with 3+ search candidates, screen them on this many runs (0: off)
+    screen_runs: int = 0
 
 
 @dataclass(frozen=True)
@@ -300,8 +302,9 @@ class Candidate:
 
     phase: str
     spec: Spec
-    origin: str  # "baseline" | "search" | "pending"
+    origin: str  # "baseline" | "search" | "pending" | "screen" (loop/screen.py)
     recommendation: Recommendation | None = None
+    runs: int | None = None  # runs 1..runs only (screened); None: all runs
 
 
 @dataclass(frozen=True)
@@ -347,7 +350,7 @@ class TriedSpec:
     spec_id: str
     cycle: int
     verdict: str
-    origin: str  # "search" | "pending"
+    origin: str  # "search" | "pending" | "screen"
 
 
 @dataclass(frozen=True)
