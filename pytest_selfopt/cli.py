@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .argtypes import positive_int
 from .historyview import ceiling_line, curve_lines, cycle_line, promoted
 from .why import explain
 
@@ -61,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "Arguments it does not know go to pytest (default: benchmarks); put them after `--` "
         "when they could be mistaken for its own.",
     )
-    loop.add_argument("--cycles", type=_positive, default=6, help="at most N cycles (default 6)")
+    loop.add_argument("--cycles", type=positive_int, default=6, help="at most N cycles (default 6)")
     loop.add_argument(
         "--fresh",
         metavar="DIR",
@@ -85,16 +86,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return run_report(Path(args.baselines), args.why)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
 
 
 # --------------------------------------------------------------------------- loop

@@ -83,6 +83,7 @@ from .loop.types import (
     Spec,
 )
 from .models import base as models_base
+from .credentials import refuse_secrets
 from .yamlread import (  # noqa: F401  (re-exported: cases.py and users import them from here)
     _MISSING,
     ConfigError,
@@ -108,11 +109,6 @@ POLICY_NAMES = ("paired", "seed")  # built in; plugins add more (pytest_selfopt_
 ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]*")
 KNOB_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_SECRET_KEY = re.compile(r"(?:^|_)(?:api_?key|key|token|secret|passw(?:or)?d|bearer|authorization"
-                         r"|auth|credentials?|access_?key|private_?key)$")  # fmt: skip
-_SECRET_VALUE = re.compile(r"\b(?:sk-[\w-]{16,}|ghp_[A-Za-z0-9]{20,}|xox[abpr]-[A-Za-z0-9-]{10,}"
-                           r"|AKIA[0-9A-Z]{16}|AIza[\w-]{30,})")  # fmt: skip
-_ENV_REF = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
 
 
 # --- the suite config ----------------------------------------------------------------------
@@ -188,7 +184,7 @@ def load_config(path: str | Path) -> SuiteConfig:
     if doc is None:
         r.fail("", "settings", message="the file is empty; expected at least models, variants and initial")
     top = r.mapping(doc, "")
-    _refuse_secrets(r, top, "")
+    refuse_secrets(r, top, "")
     r.mapping(top, "", TOP_KEYS)
     for name, want in (("models", "a mapping of model alias to {provider: ..., ...}"),
                        ("variants", 'a mapping of variant name to a template with "{prompt}"'),
@@ -217,31 +213,6 @@ def load_config(path: str | Path) -> SuiteConfig:
 def _section(top: Mapping[str, Any], key: str) -> Any:
     """An optional section; left empty (``gates:`` and nothing under it) means defaults."""
     return {} if top.get(key) is None else top[key]
-
-
-def _refuse_secrets(r: Reader, value: Any, key: str) -> None:
-    """Fail on anything that looks like a literal credential, without ever echoing it."""
-    if isinstance(value, Mapping):
-        for k, v in value.items():
-            name = re.sub(r"[^a-z0-9]+", "_", str(k).lower())
-            if k != "api_key_env" and _SECRET_KEY.search(name) and isinstance(v, str):
-                rest = _ENV_REF.sub("", v).strip()  # "Bearer ${OPENAI_API_KEY}" is a reference
-                if rest and rest.lower() not in ("bearer", "basic", "token"):
-                    _secret(r, sub(key, k))
-            _refuse_secrets(r, v, sub(key, k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            _refuse_secrets(r, v, f"{key}[{i}]")
-    elif isinstance(value, str) and _SECRET_VALUE.search(value):
-        _secret(r, key)
-
-
-def _secret(r: Reader, key: str) -> NoReturn:
-    r.fail(key, "no literal secrets", message=(
-        "looks like a literal API key or token (value not shown); never put keys in config "
-        "files: export it as an environment variable and reference it by name, e.g. "
-        "api_key_env: OPENAI_API_KEY (headers may use ${VAR}); rotate the key if this file "
-        "was ever committed"))  # fmt: skip
 
 
 def _models(r: Reader, raw: Any) -> dict[str, ModelConfig]:

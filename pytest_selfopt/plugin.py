@@ -6,7 +6,6 @@ The only pytest-aware module, and kept thin: planning and closing a cycle live i
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections import Counter
 from collections.abc import Generator, Iterator
@@ -19,6 +18,7 @@ if TYPE_CHECKING:
     from .orchestrate import Prepared
 
 from . import racing
+from .argtypes import non_negative_int, positive_int, whole_number
 from .cases import CHECK_RECORDER, Case
 from .config import ConfigError, find_config, load_config
 from .files import FilesError
@@ -31,26 +31,6 @@ from .wire import Collected, Point, Shipment, points
 SHIPMENT_KEY = "selfopt_shipment"
 PLUGIN_NAME = "selfopt_controller"
 LLM_KEY = pytest.StashKey[LLM]()
-
-
-def whole_number(text: str, minimum: int | None = None) -> int:
-    """argparse type: a whole number (at least ``minimum``); the refusal shows the value."""
-    try:
-        value: int | None = int(text)
-    except ValueError:
-        value = None
-    if value is None or (minimum is not None and value < minimum):
-        bound = "" if minimum is None else f" >= {minimum}"
-        raise argparse.ArgumentTypeError(f"expected a whole number{bound}, got {text!r}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    return whole_number(text, 1)
-
-
-def non_negative_int(text: str) -> int:
-    return whole_number(text, 0)
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:

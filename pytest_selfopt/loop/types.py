@@ -378,38 +378,9 @@ class LoopSettings:
     policy: str = "paired"
 
 
-@dataclass(frozen=True)
-class PhaseOutcome:
-    """Everything one cycle found and did in one phase."""
-
-    phase: str
-    plan: PhasePlan
-    stats: Mapping[str, SpecStats]  # by spec id; every spec of the plan
-    decisions: tuple[Decision, ...]  # one per candidate, in plan order
-    diagnoses: tuple[Diagnosis, ...]
-    recommendations: tuple[Recommendation, ...]
-    winner: Candidate | None
-    baseline_before: PhaseBaseline
-    baseline_after: PhaseBaseline
-    route_before: Route | None
-    route_after: Route
-    enforced: tuple[str, ...] = ()  # human lines: "routing: model lfm -> claude-haiku (verified)"
-
-
-@dataclass(frozen=True)
-class CycleOutcome:
-    cycle: int
-    seed: int
-    runs: int
-    policy: str
-    phases: tuple[PhaseOutcome, ...]
-    pending: tuple[PendingCandidate, ...]  # for the next cycle
-    audit: tuple[AuditRecord, ...]
-
-    @property
-    def promoted(self) -> bool:
-        return any(p.winner is not None for p in self.phases)
-
-
 def spec_index(specs: Sequence[Spec]) -> dict[str, Spec]:
     return {s.id: s for s in specs}
+
+
+# Re-exported here so that ``from .types import CycleOutcome`` keeps working.
+from .outcome import CycleOutcome, PhaseOutcome  # noqa: F401

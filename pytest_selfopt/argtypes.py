@@ -1,0 +1,28 @@
+"""argparse ``type=`` functions shared by the pytest options and the ``selfopt`` command.
+
+A refusal names what was expected and shows the value, as argparse prints it after the option.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def whole_number(text: str, minimum: int | None = None) -> int:
+    """argparse type: a whole number (at least ``minimum``); the refusal shows the value."""
+    try:
+        value: int | None = int(text)
+    except ValueError:
+        value = None
+    if value is None or (minimum is not None and value < minimum):
+        bound = "" if minimum is None else f" >= {minimum}"
+        raise argparse.ArgumentTypeError(f"expected a whole number{bound}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return whole_number(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    return whole_number(text, 0)
