@@ -93,6 +93,8 @@ class XdistHooks:
         self.controller = controller
 
     def pytest_configure_node(self, node: Any) -> None:
+        if self.controller.config_error is not None:
+            node.workerinput["selfopt_config_error"] = self.controller.config_error
         if self.controller.shipment is not None:
             node.workerinput[SHIPMENT_KEY] = self.controller.shipment.to_dict()
             node.workerinput["selfopt_config_path"] = str(self.controller.config_path)
@@ -118,7 +120,9 @@ class Controller:
         self.board: racing.RaceBoard | None = None  # controller, racing on
         self.race: racing.RaceView | None = None  # the board, or a worker's reader of its file
         self.race_note: str | None = None
+        self.config_error: str | None = None  # plain runs: reported by the llm fixture
         if self.is_worker:
+            self.config_error = config.workerinput.get("selfopt_config_error")  # type: ignore[attr-defined]
             data = config.workerinput.get(SHIPMENT_KEY)  # type: ignore[attr-defined]
             if data is not None:
                 self.shipment = Shipment.from_dict(data)
@@ -151,7 +155,12 @@ class Controller:
                 plan_hook=self._plan_hook,
             )
         except (ConfigError, FilesError) as exc:
-            raise pytest.UsageError(str(exc)) from None
+            if self.measuring:
+                raise pytest.UsageError(str(exc)) from None
+            # A plain run: a broken suite must not break unrelated tests; every llm test
+            # fails with this message instead (see get_runner).
+            self.config_error = str(exc)
+            return
         self.shipment = self.prepared.shipment
         from .loop.decide import POLICIES
 
@@ -174,6 +183,8 @@ class Controller:
         return result
 
     def get_runner(self) -> Runner:
+        if self.config_error is not None:
+            pytest.fail(self.config_error, pytrace=False)
         if self.runner is None:
             if self.config_path is None or self.shipment is None:
                 raise pytest.UsageError(

@@ -159,3 +159,15 @@ def test_unrestrained_better_model_is_rejected_by_the_restraint_gate(
     assert cand["decision"]["verdict"] == "REJECT"
     gates = {g["name"]: g["passed"] for g in cand["decision"]["gates"]}
     assert gates == {"samples": True, "stability": True, "improvement": True, "restraint": False}
+
+
+def test_broken_config_fails_only_llm_tests_in_a_plain_run(pytester: pytest.Pytester) -> None:
+    copy_example(pytester, gates={"max_variance": "lots"})
+    pytester.makepyfile(test_unrelated="def test_unrelated():\n    assert True\n")
+    for extra in ((), ("-n", "2")):
+        result = pytester.runpytest_subprocess(
+            "-p", "no:cacheprovider", "test_unrelated.py", "benchmarks", "-k", "unrelated or capital", *extra
+        )
+        result.assert_outcomes(passed=1, errors=1)
+        result.stdout.fnmatch_lines(["*selfopt.yaml: gates.max_variance: expected*"])
+    assert snapshot(pytester) == {}
