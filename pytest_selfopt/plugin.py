@@ -121,6 +121,7 @@ class Controller:
         self.race: racing.RaceView | None = None  # the board, or a worker's reader of its file
         self.race_note: str | None = None
         self.config_error: str | None = None  # plain runs: reported by the llm fixture
+        self.collection_errors: list[str] = []  # a broken cases file must stop the cycle
         if self.is_worker:
             self.config_error = config.workerinput.get("selfopt_config_error")  # type: ignore[attr-defined]
             data = config.workerinput.get(SHIPMENT_KEY)  # type: ignore[attr-defined]
@@ -245,6 +246,10 @@ class Controller:
         for item, key_ in keys.items():
             item.user_properties.append((racing.ITEMS_KEY, [*key_, counts[key_]]))
 
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed and not self.is_worker:
+            self.collection_errors.append(collection_error(report.nodeid, str(report.longrepr)))
+
     # -- running -------------------------------------------------------------------------
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
@@ -304,7 +309,9 @@ class Controller:
         problems = self.broken(session, exitstatus)
         if problems:
             self.summary = ["incomplete session, nothing written:", *(f"  {p}" for p in problems)]
-            if session.exitstatus == pytest.ExitCode.OK:
+            if any(e.startswith(CONFIG_ERROR_MARK) for e in self.collection_errors):
+                session.exitstatus = pytest.ExitCode.USAGE_ERROR  # a bad cases file: bad input
+            elif session.exitstatus == pytest.ExitCode.OK:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
             return
         if not self.collected.samples:
@@ -361,6 +368,8 @@ class Controller:
 
     def broken(self, session: pytest.Session, exitstatus: int) -> list[str]:
         """Why this session's samples cannot make a cycle (empty: they can)."""
+        if self.collection_errors:  # each worker reports the same error: say it once
+            return [f"collection error: {e}" for e in dict.fromkeys(self.collection_errors)]
         problems: list[str] = []
         if exitstatus in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR):
             problems.append(f"session ended with {pytest.ExitCode(exitstatus).name}")
@@ -377,6 +386,20 @@ class Controller:
             terminalreporter.write_sep("=", "selfopt")
             for line in self.summary:
                 terminalreporter.write_line(line)
+
+
+CONFIG_ERROR_MARK = "bad input: "
+
+
+def collection_error(nodeid: str, text: str) -> str:
+    """One line for a collection error: a CaseError/ConfigError's own message when that is
+    what broke (it names file, key and expectation), else the last line of the report."""
+    for line in reversed(text.splitlines()):
+        for kind in ("CaseError: ", "ConfigError: "):
+            if kind in line:
+                return CONFIG_ERROR_MARK + line.split(kind, 1)[1].strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"{nodeid}: {lines[-1] if lines else 'failed'}"
 
 
 def _path(value: str | None) -> Path | None:

@@ -171,3 +171,17 @@ def test_broken_config_fails_only_llm_tests_in_a_plain_run(pytester: pytest.Pyte
         result.assert_outcomes(passed=1, errors=1)
         result.stdout.fnmatch_lines(["*selfopt.yaml: gates.max_variance: expected*"])
     assert snapshot(pytester) == {}
+
+
+@pytest.mark.parametrize("mode", ["--selfopt", "--selfopt-check"])
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_broken_cases_file_stops_the_cycle(pytester: pytest.Pytester, mode: str, workers: str) -> None:
+    bench = copy_example(pytester)
+    cases = bench / "atomic.yaml"
+    cases.write_text(cases.read_text().replace("expect: {equals: Paris}", "expect: {equal: Paris}"))
+    result = pytester.runpytest_subprocess(mode, "-p", "no:cacheprovider", "-n", workers, "benchmarks")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stdout.fnmatch_lines(
+        ["*nothing written*", "*bad input: benchmarks/atomic.yaml: cases[[]0[]].expect.equal: unknown key*"]
+    )
+    assert snapshot(pytester) == {}
