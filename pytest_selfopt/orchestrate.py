@@ -46,6 +46,32 @@ class Prepared:
     shipment: Shipment
 
 
+def check_against_config(
+    committed: files.CommittedState, config: SuiteConfig, folder: Path
+) -> None:
+    """Committed specs may only name models and variants the suite config defines: a
+    hand-edited or stale file is named here, before anything runs or is overwritten."""
+    where = [
+        ("baseline.yaml", f"phases.{phase}.spec", base.spec, ())
+        for phase, base in sorted(committed.baselines.items())
+    ] + [
+        ("routing.yaml", f"phases.{phase}", route.spec, route.fallbacks)
+        for phase, route in sorted(committed.routes.items())
+    ]
+    for name, key, spec, fallbacks in where:
+        for knob, value, known in (
+            ("model", spec.model, config.models),
+            ("variant", spec.variant, config.variants),
+            *(("fallbacks", model, config.models) for model in fallbacks),
+        ):
+            if value not in known:
+                raise files.FilesError(
+                    f"{relative(folder / name)}: {key}.{knob}: {value!r} is not defined in "
+                    f"{config.path.name} (expected one of: {', '.join(known)}); restore the "
+                    "file from git or add it to the config"
+                )
+
+
 def history_phases(history: Sequence[Mapping[str, Any]]) -> set[str]:
     return {phase for entry in history for phase in entry.get("phases", {})}
 
@@ -63,6 +89,7 @@ def prepare(
     """Read config and committed files, and plan the cycle. Raises ConfigError/FilesError."""
     config = load_config(config_path)
     committed = files.read_state(baselines_dir)
+    check_against_config(committed, config, baselines_dir)
     settings = config.loop_settings()
     if runs is not None or seed is not None:
         from dataclasses import replace

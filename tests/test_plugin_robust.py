@@ -185,3 +185,16 @@ def test_broken_cases_file_stops_the_cycle(pytester: pytest.Pytester, mode: str,
         ["*nothing written*", "*bad input: benchmarks/atomic.yaml: cases[[]0[]].expect.equal: unknown key*"]
     )
     assert snapshot(pytester) == {}
+
+
+def test_committed_routing_naming_an_unknown_model_is_refused(pytester: pytest.Pytester) -> None:
+    copy_example(pytester)
+    assert pytester.runpytest_subprocess(*RUN).ret == 0
+    routing = pytester.path / "baselines" / "routing.yaml"
+    text = routing.read_text().replace("model: lfm", "model: gpt-9", 1)
+    routing.write_text("\n".join(l for l in text.splitlines() if "spec_id" not in l) + "\n")
+    before = snapshot(pytester)
+    result = pytester.runpytest_subprocess(*RUN)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*baselines/routing.yaml: phases.atomic.model: 'gpt-9' is not defined*"])
+    assert snapshot(pytester) == before
