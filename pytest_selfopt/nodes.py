@@ -55,3 +55,17 @@ def case_of(node: Any) -> Case | None:
         return None
     cases = [v for v in callspec.params.values() if isinstance(v, Case)]
     return cases[0] if len(cases) == 1 else None
+
+
+CONFIG_ERROR_MARK = "bad input: "
+
+
+def collection_error(nodeid: str, text: str) -> str:
+    """One line for a collection error: a CaseError/ConfigError's own message when that is
+    what broke (it names file, key and expectation), else the last line of the report."""
+    for line in reversed(text.splitlines()):
+        for kind in ("CaseError: ", "ConfigError: "):
+            if kind in line:
+                return CONFIG_ERROR_MARK + line.split(kind, 1)[1].strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"{nodeid}: {lines[-1] if lines else 'failed'}"

@@ -24,7 +24,15 @@ from .config import ConfigError, find_config, load_config
 from .files import FilesError
 from .llm import LLM, sample_property
 from .loop.types import PhasePlan, Sample
-from .nodes import case_of, marker_phase, module_phase, phase_of, point_of
+from .nodes import (
+    CONFIG_ERROR_MARK,
+    case_of,
+    collection_error,
+    marker_phase,
+    module_phase,
+    phase_of,
+    point_of,
+)
 from .runner import Runner
 from .wire import Collected, Point, Shipment, points
 
@@ -386,20 +394,6 @@ class Controller:
             terminalreporter.write_sep("=", "selfopt")
             for line in self.summary:
                 terminalreporter.write_line(line)
-
-
-CONFIG_ERROR_MARK = "bad input: "
-
-
-def collection_error(nodeid: str, text: str) -> str:
-    """One line for a collection error: a CaseError/ConfigError's own message when that is
-    what broke (it names file, key and expectation), else the last line of the report."""
-    for line in reversed(text.splitlines()):
-        for kind in ("CaseError: ", "ConfigError: "):
-            if kind in line:
-                return CONFIG_ERROR_MARK + line.split(kind, 1)[1].strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return f"{nodeid}: {lines[-1] if lines else 'failed'}"
 
 
 def _path(value: str | None) -> Path | None:
