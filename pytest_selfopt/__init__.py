@@ -15,11 +15,11 @@ __all__ = ["Case", "load_cases", "load_routing"]
 def __getattr__(name: str) -> Any:
     # Lazy, so that loading the pytest plugin does not import what a session may not use.
     if name in ("Case", "load_cases"):
-        from . import cases
+        from pytest_selfopt.suite import cases
 
         return getattr(cases, name)
     if name == "load_routing":
-        from .files import load_routing
+        from pytest_selfopt.store.files import load_routing
 
         return load_routing
     raise AttributeError(name)

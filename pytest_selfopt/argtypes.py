@@ -26,3 +26,12 @@ def positive_int(text: str) -> int:
 
 def non_negative_int(text: str) -> int:
     return whole_number(text, 0)
+
+
+def output_path(text: str) -> str:
+    """argparse type: a file to write; refused when it is an existing folder."""
+    import os
+
+    if not text or os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"expected a file path to write, got {text!r}")
+    return text

@@ -65,10 +65,15 @@ def main(argv: list[str] | None = None) -> int:
             ("bare (420 trivial items)", timed(["-p", "no:selfopt", "bare"], work, args.repeat)),
             ("plugin-idle (same items)", timed(["bare"], work, args.repeat)),
             ("plain example (12 items)", timed(["benchmarks"], work, args.repeat)),
-            ("cycle (420 items)", timed(["--selfopt", "benchmarks"], work, args.repeat, work / "baselines")),
+            (
+                "cycle (420 items)",
+                timed(["--selfopt", "benchmarks"], work, args.repeat, work / "baselines"),
+            ),
             (
                 "cycle -n 2 (420 items)",
-                timed(["--selfopt", "-n", "2", "benchmarks"], work, args.repeat, work / "baselines"),
+                timed(
+                    ["--selfopt", "-n", "2", "benchmarks"], work, args.repeat, work / "baselines"
+                ),
             ),
         ]
     base = rows[0][1]

@@ -4,12 +4,12 @@ servers on 127.0.0.1 (free ports) and stops them after the test."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-from pytest_selfopt.loop.types import Spec
+from pytest_selfopt.loop.spec import Spec
 from pytest_selfopt.models.base import Reference
 from pytest_selfopt.models.simserver import SimServer
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pytest_selfopt.files import write_cycle
-from pytest_selfopt.loop.types import AuditRecord, PhaseBaseline, Route, Spec
+from pytest_selfopt.loop.spec import Spec
+from pytest_selfopt.loop.types import AuditRecord, PhaseBaseline, Route
+from pytest_selfopt.store.files import write_cycle
 
 BASE = Spec("lfm", "native_api", 60, 1, "i0", False)
 METRICS: dict[str, Any] = {

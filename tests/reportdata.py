@@ -5,21 +5,20 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from pytest_selfopt.loop.outcome import CycleOutcome, PhaseOutcome
+from pytest_selfopt.loop.spec import Spec
 from pytest_selfopt.loop.types import (
     AuditRecord,
     Candidate,
     CasePattern,
-    CycleOutcome,
     Decision,
     Diagnosis,
     GateResult,
     PendingCandidate,
     PhaseBaseline,
-    PhaseOutcome,
     PhasePlan,
     Recommendation,
     Route,
-    Spec,
     SpecStats,
 )
 

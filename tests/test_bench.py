@@ -12,22 +12,18 @@ from typing import Any
 import pytest
 from suites import copy_example
 
-from pytest_selfopt import files
 from pytest_selfopt.loop.cycle import close_cycle, plan_cycle
 from pytest_selfopt.loop.evaluate import SampleColumns, evaluate
-from pytest_selfopt.loop.types import (
-    GateSettings,
-    LoopSettings,
-    LoopState,
-    Sample,
-    SearchSpace,
-    Spec,
-)
+from pytest_selfopt.loop.spec import Spec
+from pytest_selfopt.loop.types import GateSettings, LoopSettings, LoopState, Sample, SearchSpace
+from pytest_selfopt.store import files
 
 INITIAL = Spec("m", "plain", 60, 1, "i0", False)
 SETTINGS = LoopSettings(
     initial=INITIAL,
-    search=SearchSpace((("variant", ("plain", "terse")), ("retries", (1, 2)), ("timeout_s", (60, 90)))),
+    search=SearchSpace(
+        (("variant", ("plain", "terse")), ("retries", (1, 2)), ("timeout_s", (60, 90)))
+    ),
     max_candidates=3,
     gates=GateSettings(),
     fallback_chain=("m",),
@@ -111,7 +107,9 @@ def test_bench_collect_selfopt_items(benchmark: Any, pytester: pytest.Pytester) 
     copy_example(pytester)
 
     def collect() -> int:
-        result = pytester.inline_run("--selfopt", "--collect-only", "-q", "-p", "no:cacheprovider", "benchmarks")
+        result = pytester.inline_run(
+            "--selfopt", "--collect-only", "-q", "-p", "no:cacheprovider", "benchmarks"
+        )
         return len(result.getcalls("pytest_itemcollected"))
 
     items = benchmark.pedantic(collect, rounds=3, iterations=1)

@@ -13,21 +13,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_selfopt import cases as cases_mod
-from pytest_selfopt.cases import (
+from pytest_selfopt.models.base import Reference
+from pytest_selfopt.suite import cases as cases_mod
+from pytest_selfopt.suite.cases import (
     CHECK_RECORDER,
     Case,
     CaseError,
     CheckResult,
-    Expect,
-    abstains,
     find_case,
-    first_number,
     load_cases,
     parse_case,
-)  # fmt: skip
-from pytest_selfopt.config import ConfigError
-from pytest_selfopt.models.base import Reference
+)
+from pytest_selfopt.suite.checks import Expect, abstains, first_number
+from pytest_selfopt.suite.yamlread import ConfigError
 
 ATOMIC = """\
 phase: atomic
@@ -109,11 +107,13 @@ def test_phase_defaults_to_stem_and_argument_overrides(tmp_path: Path) -> None:
     assert load_cases(write(tmp_path, ATOMIC), phase="other")[0].phase == "other"
 
 
-def test_relative_path_resolves_next_to_the_calling_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_path_resolves_next_to_the_calling_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     bench = tmp_path / "benchmarks"
     write(bench, ATOMIC)
     (bench / "test_atomic.py").write_text(
-        "from pytest_selfopt.cases import load_cases\nCASES = load_cases('atomic.yaml')\n"
+        "from pytest_selfopt.suite.cases import load_cases\nCASES = load_cases('atomic.yaml')\n"
     )
     elsewhere = tmp_path / "somewhere" / "else"
     write(elsewhere, "- {id: decoy, prompt: p, expect: x}\n")  # same name in the cwd: not used
@@ -125,16 +125,22 @@ def test_relative_path_resolves_next_to_the_calling_file(tmp_path: Path, monkeyp
     assert [c.id for c in module.CASES][:2] == ["capital-france", "sum-small"]
 
 
-def test_relative_path_falls_back_to_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_path_falls_back_to_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write(tmp_path / "data", ATOMIC)
     monkeypatch.chdir(tmp_path)
     assert not (Path(__file__).parent / "data" / "atomic.yaml").exists()
     assert load_cases("data/atomic.yaml")[0].id == "capital-france"
 
 
-def test_missing_relative_file_is_a_case_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_relative_file_is_a_case_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(CaseError, match=r"tests/nope\.yaml: file not found \(looked next to test_cases\.py and in "):
+    with pytest.raises(
+        CaseError, match=r"tests/nope\.yaml: file not found \(looked next to test_cases\.py and in "
+    ):
         load_cases("nope.yaml")
     with pytest.raises(CaseError) as info:
         load_cases(tmp_path / "gone.yaml")
@@ -144,30 +150,83 @@ def test_missing_relative_file_is_a_case_error(tmp_path: Path, monkeypatch: pyte
 ENTRY = {"id": "c", "prompt": "p", "expect": {"equals": "Paris"}}
 BAD: list[tuple[Any, str, str]] = [
     # (cases list or whole document, key, substring of the message after the key)
-    ([{**ENTRY, "expect": {}}], "cases[0].expect",
-     "expected exactly one of equals, contains, regex, one_of, number, abstain, got {}"),
-    ([ENTRY, {**ENTRY, "id": "d", "expect": {"equals": "a", "contains": "b"}}], "cases[1].expect", "exactly one of"),
+    (
+        [{**ENTRY, "expect": {}}],
+        "cases[0].expect",
+        "expected exactly one of equals, contains, regex, one_of, number, abstain, got {}",
+    ),
+    (
+        [ENTRY, {**ENTRY, "id": "d", "expect": {"equals": "a", "contains": "b"}}],
+        "cases[1].expect",
+        "exactly one of",
+    ),
     ([{"prompt": "p", "expect": "x"}], "cases[0].id", "missing; expected a case id"),
     ([{**ENTRY, "id": "Capital France"}], "cases[0].id", "expected an id of lowercase letters"),
     ([ENTRY, {**ENTRY, "id": "d"}, ENTRY], "cases[2].id", "got 'c', which cases[0] already uses"),
     ([{**ENTRY, "promt": "x"}], "cases[0].promt", "unknown key; expected one of: id, prompt"),
     ([{"id": "c", "expect": "x"}], "cases[0].prompt", "missing; expected the prompt text"),
-    ([{**ENTRY, "expect": {"regex": "19[0-9]{2}"}}], "cases[0].answer", "missing; expected a reply that matches"),
-    ([{**ENTRY, "expect": {"regex": "(unclosed"}, "answer": "x"}], "cases[0].expect.regex",
-     "expected a valid regular expression, got '(unclosed'"),
-    ([{**ENTRY, "answer": "Lyon"}], "cases[0].answer", "expected a reply that passes the check (equals 'Paris'), got 'Lyon'"),
-    ([{**ENTRY, "wrong_answer": "paris."}], "cases[0].wrong_answer", "expected a reply that fails the check"),
-    ([{**ENTRY, "restraint": {"max_words": 0}}], "cases[0].restraint.max_words", "expected a whole number >= 1, got 0"),
-    ([{**ENTRY, "restraint": {"must_not_contain": ["paris"]}}], "cases[0].restraint",
-     "the answer 'Paris' can keep; it breaks must_not_contain:paris"),
-    ([{**ENTRY, "restraint": {"abstain": True}}], "cases[0].restraint.abstain", "but expect wants equals 'Paris'"),
-    ([{**ENTRY, "expect": {"equals": "x", "tolerance": 1}}], "cases[0].expect.tolerance", "number: only"),
-    ([{**ENTRY, "expect": {"number": "forty"}}], "cases[0].expect.number", "expected a number, got 'forty'"),
-    ([{**ENTRY, "expect": {"number": 4, "tolerance": -1}}], "cases[0].expect.tolerance", "expected a number >= 0"),
+    (
+        [{**ENTRY, "expect": {"regex": "19[0-9]{2}"}}],
+        "cases[0].answer",
+        "missing; expected a reply that matches",
+    ),
+    (
+        [{**ENTRY, "expect": {"regex": "(unclosed"}, "answer": "x"}],
+        "cases[0].expect.regex",
+        "expected a valid regular expression, got '(unclosed'",
+    ),
+    (
+        [{**ENTRY, "answer": "Lyon"}],
+        "cases[0].answer",
+        "expected a reply that passes the check (equals 'Paris'), got 'Lyon'",
+    ),
+    (
+        [{**ENTRY, "wrong_answer": "paris."}],
+        "cases[0].wrong_answer",
+        "expected a reply that fails the check",
+    ),
+    (
+        [{**ENTRY, "restraint": {"max_words": 0}}],
+        "cases[0].restraint.max_words",
+        "expected a whole number >= 1, got 0",
+    ),
+    (
+        [{**ENTRY, "restraint": {"must_not_contain": ["paris"]}}],
+        "cases[0].restraint",
+        "the answer 'Paris' can keep; it breaks must_not_contain:paris",
+    ),
+    (
+        [{**ENTRY, "restraint": {"abstain": True}}],
+        "cases[0].restraint.abstain",
+        "but expect wants equals 'Paris'",
+    ),
+    (
+        [{**ENTRY, "expect": {"equals": "x", "tolerance": 1}}],
+        "cases[0].expect.tolerance",
+        "number: only",
+    ),
+    (
+        [{**ENTRY, "expect": {"number": "forty"}}],
+        "cases[0].expect.number",
+        "expected a number, got 'forty'",
+    ),
+    (
+        [{**ENTRY, "expect": {"number": 4, "tolerance": -1}}],
+        "cases[0].expect.tolerance",
+        "expected a number >= 0",
+    ),
     ([{**ENTRY, "expect": {"one_of": []}}], "cases[0].expect.one_of", "expected a non-empty list"),
     ([{**ENTRY, "expect": {"abstain": False}}], "cases[0].expect.abstain", "expected true"),
-    ([{**ENTRY, "sim": {"difficulty": 2}}], "cases[0].sim.difficulty", "expected a number from 0 to 1, got 2"),
-    ([{**ENTRY, "expect": {"equals": "  "}}], "cases[0].expect.equals", "expected a non-empty expected answer"),
+    (
+        [{**ENTRY, "sim": {"difficulty": 2}}],
+        "cases[0].sim.difficulty",
+        "expected a number from 0 to 1, got 2",
+    ),
+    (
+        [{**ENTRY, "expect": {"equals": "  "}}],
+        "cases[0].expect.equals",
+        "expected a non-empty expected answer",
+    ),
     ([], "cases", "expected at least one case, got []"),
     ({"phase": "atomic"}, "cases", "missing; expected a list of cases"),
     ({"phase": "bad phase", "cases": [ENTRY]}, "phase", "expected a phase name"),
@@ -176,7 +235,9 @@ BAD: list[tuple[Any, str, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("doc", "key", "message"), BAD, ids=[f"{i}-{b[1]}" for i, b in enumerate(BAD)])
+@pytest.mark.parametrize(
+    ("doc", "key", "message"), BAD, ids=[f"{i}-{b[1]}" for i, b in enumerate(BAD)]
+)
 def test_bad_cases_name_file_key_and_expectation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                  doc: Any, key: str, message: str) -> None:  # fmt: skip
     import yaml
@@ -199,7 +260,12 @@ def test_yaml_syntax_error_points_at_the_line(tmp_path: Path) -> None:
 
 
 def test_yes_and_no_answers_stay_text(tmp_path: Path) -> None:
-    loaded = load_cases(write(tmp_path, "- {id: a, prompt: p, expect: no}\n- {id: b, prompt: p, expect: {equals: 007}}\n"))
+    loaded = load_cases(
+        write(
+            tmp_path,
+            "- {id: a, prompt: p, expect: no}\n- {id: b, prompt: p, expect: {equals: 007}}\n",
+        )
+    )
     assert loaded[0].expect.value == "no" and loaded[0].evaluate("No.").passed
     assert loaded[1].expect.value == "007" and not loaded[1].evaluate("7").passed
 
@@ -251,9 +317,21 @@ REGEX_ANSWERS = {r"^\d{4}-\d{2}-\d{2}$": "1969-07-20", "^abc$": "abc"}
 @pytest.mark.parametrize(
     ("text", "number"),
     [
-        ("The answer is 42.", 42.0), ("-3.5", -3.5), ("1,234,567 x", 1234567.0), (".5", 0.5),
-        ("2e3", 2000.0), ("\u22127", -7.0), ("$1,000.50", 1000.5), ("42nd", 42.0), ("10,000", 10000.0),
-        ("1,2345", 1.0), ("3-5", 3.0), ("H2O", None), ("v1.2.3", None), ("no digits", None), ("", None),
+        ("The answer is 42.", 42.0),
+        ("-3.5", -3.5),
+        ("1,234,567 x", 1234567.0),
+        (".5", 0.5),
+        ("2e3", 2000.0),
+        ("\u22127", -7.0),
+        ("$1,000.50", 1000.5),
+        ("42nd", 42.0),
+        ("10,000", 10000.0),
+        ("1,2345", 1.0),
+        ("3-5", 3.0),
+        ("H2O", None),
+        ("v1.2.3", None),
+        ("no digits", None),
+        ("", None),
     ],
 )
 def test_first_number_edge_cases(text: str, number: float | None) -> None:
@@ -261,13 +339,19 @@ def test_first_number_edge_cases(text: str, number: float | None) -> None:
 
 
 def test_restraint_constraints_are_counted_one_by_one() -> None:
-    c = case(expect={"equals": "Paris"}, restraint={"max_words": 3, "must_not_contain": ["Lyon", "Nice"]})
+    c = case(
+        expect={"equals": "Paris"}, restraint={"max_words": 3, "must_not_contain": ["Lyon", "Nice"]}
+    )
     assert c.evaluate("Paris").restraint == 1.0
     rambling = c.evaluate("Paris, not Lyon, obviously.")
     assert not rambling.passed  # the wrong text fails the check ...
     assert rambling.broken == ("max_words<=3", "must_not_contain:Lyon")
-    assert rambling.kept == ("must_not_contain:Nice",) and rambling.restraint == pytest.approx(1 / 3)
-    assert "max_words<=3 (4 words)" in rambling.message and "must_not_contain:Lyon" in rambling.message
+    assert rambling.kept == ("must_not_contain:Nice",) and rambling.restraint == pytest.approx(
+        1 / 3
+    )
+    assert (
+        "max_words<=3 (4 words)" in rambling.message and "must_not_contain:Lyon" in rambling.message
+    )
     assert case(expect={"equals": "Paris"}).evaluate("Paris").restraint is None  # no constraints
 
 
@@ -280,13 +364,17 @@ def test_restraint_break_alone_does_not_fail() -> None:
 
 def test_abstain_is_both_the_check_and_a_constraint() -> None:
     c = case(restraint={"abstain": True})
-    assert c.evaluate("I cannot answer that.") == CheckResult(True, 1.0, ("abstain",), (), "c: passed")
+    assert c.evaluate("I cannot answer that.") == CheckResult(
+        True, 1.0, ("abstain",), (), "c: passed"
+    )
     confident = c.evaluate("You had eggs.")
     assert not confident.passed and confident.broken == ("abstain",) and confident.restraint == 0.0
 
 
 def test_check_raises_a_short_readable_assertion() -> None:
-    c = parse_case({"id": "capital-france", "prompt": "p", "expect": {"equals": "Paris"}}, phase="atomic")
+    c = parse_case(
+        {"id": "capital-france", "prompt": "p", "expect": {"equals": "Paris"}}, phase="atomic"
+    )
     with pytest.raises(AssertionError) as info:
         c.check("Lyon")
     assert str(info.value) == "capital-france: expected equals 'Paris', got 'Lyon'"
@@ -323,7 +411,11 @@ def test_evaluate_never_raises_on_odd_replies() -> None:
 
 
 def test_reference_carries_what_simulators_need() -> None:
-    c = case(expect={"equals": "Paris"}, restraint={"max_words": 5, "must_not_contain": ["Lyon"]}, sim={"difficulty": 0.7})
+    c = case(
+        expect={"equals": "Paris"},
+        restraint={"max_words": 5, "must_not_contain": ["Lyon"]},
+        sim={"difficulty": 0.7},
+    )
     ref = c.reference(run=3, attempt=1, variant="atomic", spec_id="abc", seed=9)
     assert ref == Reference(
         case_id="c", phase="atomic", answer="Paris", wrong_answer="I am not sure.", difficulty=0.7,
@@ -347,10 +439,12 @@ def test_cases_module_does_not_import_pytest() -> None:
 
 # --- properties ---------------------------------------------------------------------------
 
-TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1, max_size=30)
-WORDY = st.text("abcdefghijklmnopqrstuvwxyzABC XYZ0123456789.,!?'-", min_size=1, max_size=30).filter(
-    lambda s: any(ch.isalnum() for ch in s)
+TEXT = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1, max_size=30
 )
+WORDY = st.text(
+    "abcdefghijklmnopqrstuvwxyzABC XYZ0123456789.,!?'-", min_size=1, max_size=30
+).filter(lambda s: any(ch.isalnum() for ch in s))
 
 
 def _holds(raw: dict[str, Any]) -> Case | None:
@@ -377,12 +471,14 @@ def test_one_of_answers_pass_and_wrong_answers_fail(values: list[str]) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(
-    value=st.one_of(st.integers(-10**12, 10**12), st.floats(-1e12, 1e12, allow_nan=False)),
+    value=st.one_of(st.integers(-(10**12), 10**12), st.floats(-1e12, 1e12, allow_nan=False)),
     tolerance=st.one_of(st.just(0), st.floats(0, 1e6, allow_nan=False)),
 )
 def test_number_answers_pass_and_wrong_answers_fail(value: float, tolerance: float) -> None:
     c = _holds({"expect": {"number": value, "tolerance": tolerance}})
-    assert c is not None and math.isclose(first_number(c.answer) or 0.0, float(value), abs_tol=1e-300)
+    assert c is not None and math.isclose(
+        first_number(c.answer) or 0.0, float(value), abs_tol=1e-300
+    )
 
 
 @settings(max_examples=200, deadline=None)

@@ -22,10 +22,10 @@ import pytest
 import yaml
 
 from pytest_selfopt import load_routing
-from pytest_selfopt.loop.types import Spec
+from pytest_selfopt.loop.spec import Spec
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "benchmarks"
-CLI = (sys.executable, "-m", "pytest_selfopt.cli")
+CLI = (sys.executable, "-m", "pytest_selfopt.cli.main")
 PYTEST = (sys.executable, "-m", "pytest", "-p", "no:cacheprovider")
 
 pytestmark = pytest.mark.slow
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.slow
 # Records, per item, what the llm fixture was bound to and who answered (junitxml properties).
 RECORDER = """\
 import pytest
-from pytest_selfopt.plugin import LLM_KEY
+from pytest_selfopt.plugin.hooks import LLM_KEY
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)  # outermost: after the plugin recorded the sample

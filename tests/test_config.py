@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 
-from pytest_selfopt import config as config_mod
-from pytest_selfopt.config import ConfigError, ModelConfig, SuiteConfig, find_config, load_config
-from pytest_selfopt.loop.types import GateSettings, LoopSettings, SearchSpace, Spec
+from pytest_selfopt.loop.spec import Spec
+from pytest_selfopt.loop.types import GateSettings, LoopSettings, SearchSpace
 from pytest_selfopt.models import base as models_base
+from pytest_selfopt.suite import config as config_mod
+from pytest_selfopt.suite.config import ModelConfig, SuiteConfig, find_config, load_config
+from pytest_selfopt.suite.yamlread import ConfigError
 
 # Only sim models and options every provider shares, so the example holds whichever real
 # provider modules exist yet; real providers are covered with a registered stand-in below.
@@ -86,11 +88,20 @@ def test_realistic_example_loads_into_the_documented_shapes(tmp_path: Path) -> N
     path = write(tmp_path, EXAMPLE)
     cfg = load_config(path)
     assert isinstance(cfg, SuiteConfig)
-    assert (cfg.path, cfg.root, cfg.seed, cfg.runs, cfg.policy) == (path, path.parent, 11, 5, "seed")
+    assert (cfg.path, cfg.root, cfg.seed, cfg.runs, cfg.policy) == (
+        path,
+        path.parent,
+        11,
+        5,
+        "seed",
+    )
     assert list(cfg.models) == ["lfm", "big"]  # file order
     lfm = cfg.models["lfm"]
     assert lfm == ModelConfig("lfm", "sim", lfm.options)
-    assert "provider" not in lfm.options and lfm.options["skill"] == {"atomic": 0.6, "extended": 0.0}
+    assert "provider" not in lfm.options and lfm.options["skill"] == {
+        "atomic": 0.6,
+        "extended": 0.0,
+    }
     assert type(lfm.options["skill"]) is dict  # plain data, not the loader's dict subclass
     assert lfm.price == (0.1, 0.4) and cfg.models["big"].price is None
     assert cfg.fallback_chain == ("lfm", "big")
@@ -134,49 +145,120 @@ def test_variant_render_keeps_braces_in_prompts_literal(tmp_path: Path) -> None:
 
 BAD: list[tuple[str, str, str]] = [
     # (yaml text, key, substring of the message after the key)
-    (edit(gates={"max_variance": "abc"}), "gates.max_variance", "expected a number from 0 to 1, got 'abc'"),
-    (edit(gates={"route_share": 0}), "gates.route_share", "expected a number above 0 and at most 1, got 0"),
+    (
+        edit(gates={"max_variance": "abc"}),
+        "gates.max_variance",
+        "expected a number from 0 to 1, got 'abc'",
+    ),
+    (
+        edit(gates={"route_share": 0}),
+        "gates.route_share",
+        "expected a number above 0 and at most 1, got 0",
+    ),
     (edit(gates={"min_samples": 0}), "gates.min_samples", "expected a whole number >= 1, got 0"),
     (EXAMPLE + "gatez: {}\n", "gatez", "unknown key; expected one of: seed, runs"),
     (edit(runs=True), "runs", "expected a whole number >= 1, got True"),
     (edit(max_candidates=-1), "max_candidates", "expected a whole number >= 0, got -1"),
     (edit(models=None), "models", "missing; expected a mapping of model alias"),
     (edit(models={}), "models", "expected at least one model, got {}"),
-    (edit(models={"lfm": {"skill": 0.5}}), "models.lfm.provider", "missing; expected one of: anthropic, openai, sim"),
-    (edit(models={"lfm": {"provider": "opena"}}), "models.lfm.provider", "got 'opena'; did you mean 'openai'?"),
-    (edit(models={"lfm": {"provider": "sim", "skill": {"atomic": 5}}}), "models.lfm.skill.atomic",
-     "expected a number from 0.0 to 1.0, got 5"),
-    (edit(models={"lfm": {"provider": "sim", "skil": 0.5}}), "models.lfm.skil", "unknown key; expected one of:"),
-    (edit(models={"lfm": {"provider": "sim", "price": {"input_per_mtok": 1}}}), "models.lfm.price.output_per_mtok",
-     "missing; expected a number >= 0"),
-    (edit(fallback_chain=["lfm", "bigg"]), "fallback_chain[1]", "expected a model alias (one of: lfm, big), got 'bigg'"),
-    (edit(variants={"native_api": "{prompt}", "atomic": "Answer only."}), "variants.atomic",
-     'expected a template containing "{prompt}" exactly once, found it 0 times'),
-    (edit(variants={"native_api": "{prompt}", "atomic": {"template": "{prompt} {prompt}"}}),
-     "variants.atomic.template", "found it 2 times"),
+    (
+        edit(models={"lfm": {"skill": 0.5}}),
+        "models.lfm.provider",
+        "missing; expected one of: anthropic, openai, sim",
+    ),
+    (
+        edit(models={"lfm": {"provider": "opena"}}),
+        "models.lfm.provider",
+        "got 'opena'; did you mean 'openai'?",
+    ),
+    (
+        edit(models={"lfm": {"provider": "sim", "skill": {"atomic": 5}}}),
+        "models.lfm.skill.atomic",
+        "expected a number from 0.0 to 1.0, got 5",
+    ),
+    (
+        edit(models={"lfm": {"provider": "sim", "skil": 0.5}}),
+        "models.lfm.skil",
+        "unknown key; expected one of:",
+    ),
+    (
+        edit(models={"lfm": {"provider": "sim", "price": {"input_per_mtok": 1}}}),
+        "models.lfm.price.output_per_mtok",
+        "missing; expected a number >= 0",
+    ),
+    (
+        edit(fallback_chain=["lfm", "bigg"]),
+        "fallback_chain[1]",
+        "expected a model alias (one of: lfm, big), got 'bigg'",
+    ),
+    (
+        edit(variants={"native_api": "{prompt}", "atomic": "Answer only."}),
+        "variants.atomic",
+        'expected a template containing "{prompt}" exactly once, found it 0 times',
+    ),
+    (
+        edit(variants={"native_api": "{prompt}", "atomic": {"template": "{prompt} {prompt}"}}),
+        "variants.atomic.template",
+        "found it 2 times",
+    ),
     (edit(knobs={"model": "x"}), "knobs.model", "'model' is a core knob"),
-    (EXAMPLE.replace("  model: lfm\n  variant", "  model: lfn\n  variant"), "initial.model",
-     "expected a model alias (one of: lfm, big), got 'lfn'; did you mean 'lfm'?"),
-    (EXAMPLE.replace("  warmup: false\n  style", "  style"), "initial.warmup", "missing; expected true or false"),
-    (EXAMPLE.replace("warmup: false", "warmup: yes"), "initial.warmup", "expected true or false, got 'yes'"),
+    (
+        EXAMPLE.replace("  model: lfm\n  variant", "  model: lfn\n  variant"),
+        "initial.model",
+        "expected a model alias (one of: lfm, big), got 'lfn'; did you mean 'lfm'?",
+    ),
+    (
+        EXAMPLE.replace("  warmup: false\n  style", "  style"),
+        "initial.warmup",
+        "missing; expected true or false",
+    ),
+    (
+        EXAMPLE.replace("warmup: false", "warmup: yes"),
+        "initial.warmup",
+        "expected true or false, got 'yes'",
+    ),
     (EXAMPLE.replace("isolation: i0", "isolation: i2"), "initial.isolation", "got 'i2'"),
-    (EXAMPLE.replace("timeout_s: 60\n", "timeout_s: 0\n"), "initial.timeout_s", "expected a number above 0, got 0"),
-    (EXAMPLE.replace("  style: plain\nsearch", "  colour: red\nsearch"), "initial.colour",
-     "unknown key; expected one of: model, variant, timeout_s, retries, isolation, warmup, temperature, style"),
-    (EXAMPLE.replace("warmup: [false, true]", "retries: []"), "search.retries", "expected a non-empty list"),
-    (EXAMPLE.replace("[native_api, atomic]", "[native_api, atomc]"), "search.variant[1]", "did you mean 'atomic'?"),
+    (
+        EXAMPLE.replace("timeout_s: 60\n", "timeout_s: 0\n"),
+        "initial.timeout_s",
+        "expected a number above 0, got 0",
+    ),
+    (
+        EXAMPLE.replace("  style: plain\nsearch", "  colour: red\nsearch"),
+        "initial.colour",
+        "unknown key; expected one of: model, variant, timeout_s, retries, isolation, warmup, temperature, style",
+    ),
+    (
+        EXAMPLE.replace("warmup: [false, true]", "retries: []"),
+        "search.retries",
+        "expected a non-empty list",
+    ),
+    (
+        EXAMPLE.replace("[native_api, atomic]", "[native_api, atomc]"),
+        "search.variant[1]",
+        "did you mean 'atomic'?",
+    ),
     (EXAMPLE.replace("[60, 120]", "[60, 60.0]"), "search.timeout_s[1]", "listed twice"),
-    (EXAMPLE.replace("temperature: [0.0, 0.7]", "temperature: [0.0, hot]"), "search.temperature[1]",
-     "expected a number, got 'hot'"),
+    (
+        EXAMPLE.replace("temperature: [0.0, 0.7]", "temperature: [0.0, hot]"),
+        "search.temperature[1]",
+        "expected a number, got 'hot'",
+    ),
     (EXAMPLE.replace("warmup: [false, true]", "colour: [red]"), "search.colour", "unknown key"),
-    (EXAMPLE + "runs: 3\n", "", "not valid YAML (line 41, column 1): duplicate key 'runs' (first on line 3)"),
+    (
+        EXAMPLE + "runs: 3\n",
+        "",
+        "not valid YAML (line 41, column 1): duplicate key 'runs' (first on line 3)",
+    ),
     ("models: {lfm: {provider: sim}\nvariants: x\n", "", "not valid YAML (line 2"),
     ("", "", "the file is empty"),
     ("- a\n- b\n", "", "expected a mapping (indented `name: value` lines), got ['a', 'b']"),
 ]
 
 
-@pytest.mark.parametrize(("text", "key", "message"), BAD, ids=[f"{i}-{b[1] or 'file'}" for i, b in enumerate(BAD)])
+@pytest.mark.parametrize(
+    ("text", "key", "message"), BAD, ids=[f"{i}-{b[1] or 'file'}" for i, b in enumerate(BAD)]
+)
 def test_bad_config_names_file_key_and_expectation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                    text: str, key: str, message: str) -> None:  # fmt: skip
     monkeypatch.chdir(tmp_path)
@@ -213,12 +295,17 @@ SECRET = "sk-ant-api03-VERYSECRETVALUE0123456789abcdef"
     [
         ({"provider": "sim", "api_key": SECRET}, "models.lfm.api_key"),
         ({"provider": "sim", "token": "hunter2-plain-token"}, "models.lfm.token"),
-        ({"provider": "sim", "headers": {"Authorization": f"Bearer {SECRET}"}}, "models.lfm.headers.Authorization"),
+        (
+            {"provider": "sim", "headers": {"Authorization": f"Bearer {SECRET}"}},
+            "models.lfm.headers.Authorization",
+        ),
         ({"provider": "sim", "model": f"https://api.example.com/?k={SECRET}"}, "models.lfm.model"),
         ({"provider": "sim", "api_key_env": SECRET}, "models.lfm.api_key_env"),
     ],
 )
-def test_literal_secret_is_refused_without_echoing_it(tmp_path: Path, model: Mapping[str, Any], key: str) -> None:
+def test_literal_secret_is_refused_without_echoing_it(
+    tmp_path: Path, model: Mapping[str, Any], key: str
+) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, edit(models={"lfm": model, "big": {"provider": "sim"}})))
     err = info.value
@@ -242,7 +329,9 @@ def test_api_key_env_name_is_accepted_and_kept(tmp_path: Path) -> None:
     assert cfg.models["lfm"].options["api_key_env"] == "LFM_KEY"
 
 
-def test_registered_provider_errors_become_config_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_registered_provider_errors_become_config_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     seen: list[tuple[str, dict[str, Any]]] = []
 
     def factory(name: str, options: Mapping[str, Any]) -> Any:
@@ -264,7 +353,9 @@ def test_registered_provider_errors_become_config_errors(tmp_path: Path, monkeyp
     assert str(info.value).endswith("models.lfm.base_url: expected an http(s) URL, got 'ftp://x'")
 
 
-def test_builtin_provider_whose_module_is_missing_still_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_builtin_provider_whose_module_is_missing_still_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def missing(kind: str, name: str, options: Mapping[str, Any]) -> Any:
         raise LookupError(f"model {name!r}: unknown provider {kind!r}")
 
@@ -276,19 +367,29 @@ def test_builtin_provider_whose_module_is_missing_still_loads(tmp_path: Path, mo
     cfg = load_config(write(tmp_path, text))
     assert [m.provider for m in cfg.models.values()] == ["openai", "anthropic"]
     with pytest.raises(ConfigError, match="models.lfm.provider: expected a provider"):
-        load_config(write(tmp_path, edit(models={"lfm": {"provider": "vllm"}, "big": {"provider": "sim"}})))
+        load_config(
+            write(tmp_path, edit(models={"lfm": {"provider": "vllm"}, "big": {"provider": "sim"}}))
+        )
 
 
 def test_yaml_12_scalars_keep_yes_no_and_times_as_strings(tmp_path: Path) -> None:
     text = edit(knobs={"temperature": 0.0, "style": "plain", "mode": "x", "at": "y"})
-    cfg = load_config(write(tmp_path, text.replace("mode: x", "mode: no").replace("at: y", "at: 1:30")))
+    cfg = load_config(
+        write(tmp_path, text.replace("mode: x", "mode: no").replace("at: y", "at: 1:30"))
+    )
     assert cfg.declared_knobs["mode"] == "no" and cfg.declared_knobs["at"] == "1:30"
 
 
 def test_config_error_survives_pickling() -> None:
-    err = ConfigError("benchmarks/selfopt.yaml", "gates.max_variance", "a number from 0 to 1", "'abc'")
+    err = ConfigError(
+        "benchmarks/selfopt.yaml", "gates.max_variance", "a number from 0 to 1", "'abc'"
+    )
     copy = pickle.loads(pickle.dumps(err))
-    assert str(copy) == str(err) == "benchmarks/selfopt.yaml: gates.max_variance: expected a number from 0 to 1, got 'abc'"
+    assert (
+        str(copy)
+        == str(err)
+        == "benchmarks/selfopt.yaml: gates.max_variance: expected a number from 0 to 1, got 'abc'"
+    )
     assert (copy.path, copy.key, copy.expected) == (err.path, err.key, err.expected)
 
 
@@ -299,7 +400,9 @@ def test_find_config_prefers_configured_then_defaults(tmp_path: Path) -> None:
     (tmp_path / "benchmarks").mkdir()
     (tmp_path / "benchmarks" / "selfopt.yaml").write_text("x: 1\n")
     assert find_config(tmp_path, None) == tmp_path / "benchmarks" / "selfopt.yaml"
-    assert find_config(tmp_path, "conf/suite.yaml") == tmp_path / "conf" / "suite.yaml"  # even if missing
+    assert (
+        find_config(tmp_path, "conf/suite.yaml") == tmp_path / "conf" / "suite.yaml"
+    )  # even if missing
     assert find_config(tmp_path, str(tmp_path / "abs.yaml")) == tmp_path / "abs.yaml"
     assert find_config(tmp_path, "") == tmp_path / "benchmarks" / "selfopt.yaml"
 

@@ -24,8 +24,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from suites import copy_example
 
-from pytest_selfopt.files import dump_baseline, dump_routing
-from pytest_selfopt.loop.types import PhaseBaseline, Spec
+from pytest_selfopt.loop.spec import Spec
+from pytest_selfopt.loop.types import PhaseBaseline
+from pytest_selfopt.store.formats import dump_baseline, dump_routing
 
 
 def changed_lines(before: str, after: str) -> list[str]:

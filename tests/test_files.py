@@ -13,19 +13,17 @@ from typing import Any
 import pytest
 from filesdata import BASE, baselines_of, entry_of, routes_of, snapshot, write
 
-from pytest_selfopt import files
-from pytest_selfopt.files import (
+from pytest_selfopt.store import files
+from pytest_selfopt.store.files import (
     ConcurrentChangeError,
-    FilesError,
     LockedError,
     StaleLockWarning,
-    dump_baseline,
-    dump_routing,
     git_commit,
     load_routing,
     read_state,
 )
-from pytest_selfopt.filesparse import parse_baseline
+from pytest_selfopt.store.formats import FilesError, dump_baseline, dump_routing
+from pytest_selfopt.store.parse import parse_baseline
 
 # --------------------------------------------------------------------------- round trip
 

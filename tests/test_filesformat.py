@@ -11,15 +11,17 @@ from filesdata import BASE, METRICS, audit_of, baselines_of, routes_of
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pytest_selfopt.files import (
+from pytest_selfopt.loop.spec import Spec
+from pytest_selfopt.loop.types import AuditRecord, PhaseBaseline, Route
+from pytest_selfopt.store.formats import (
     dump_baseline,
     dump_history,
     dump_log_lines,
     dump_routing,
+    yaml_float,
+    yaml_str,
 )
-from pytest_selfopt.filesformat import yaml_float, yaml_str
-from pytest_selfopt.filesparse import parse_baseline, parse_routing
-from pytest_selfopt.loop.types import AuditRecord, PhaseBaseline, Route, Spec
+from pytest_selfopt.store.parse import parse_baseline, parse_routing
 
 
 def test_dump_is_byte_identical_and_idempotent_with_fixed_precision() -> None:

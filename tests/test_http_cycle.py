@@ -275,7 +275,7 @@ ARGS = ["--config", str(EXAMPLE / "selfopt.yaml"), "--port", "0", "--time-scale"
     ],
 )
 def test_sim_server_command_serves_the_example_models(argv: list[str]) -> None:
-    proc, url = _serve([sys.executable, "-m", "pytest_selfopt.cli", *argv])
+    proc, url = _serve([sys.executable, "-m", "pytest_selfopt.cli.main", *argv])
     try:
         assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
         with httpx.Client(trust_env=False, timeout=5) as client:
@@ -306,7 +306,7 @@ def test_time_scale_puts_timeouts_and_latency_in_simulated_seconds(
 ) -> None:
     from _simserver_fixture import VARIANTS, Case, Model, make_spec
 
-    from pytest_selfopt.runner import Runner
+    from pytest_selfopt.models.runner import Runner
 
     server = sim_server(
         {"lfm": {"skill": 0.9, "latency_s": 5.0, "latency_sigma": 0.0, "cold_start_calls": 1}},

@@ -12,23 +12,22 @@ import pytest
 from pytest_selfopt.loop.cycle import close_cycle, plan_cycle
 from pytest_selfopt.loop.evaluate import SampleColumns
 from pytest_selfopt.loop.learn import history_entry, pending_from_history, tried_from_history
+from pytest_selfopt.loop.outcome import CycleOutcome, PhaseOutcome
+from pytest_selfopt.loop.spec import Spec
 from pytest_selfopt.loop.types import (
     HOLD,
     PROMOTE,
     REJECT,
-    CycleOutcome,
     GateSettings,
     LoopSettings,
     LoopState,
     PendingCandidate,
     PhaseBaseline,
-    PhaseOutcome,
     PhasePlan,
     Recommendation,
     Route,
     Sample,
     SearchSpace,
-    Spec,
 )
 
 INITIAL = Spec("lfm", "native_api", 60, 1, "i0", False)

@@ -16,6 +16,7 @@ from pytest_selfopt.loop.decide import (
     get_policy,
     pick_winner,
 )
+from pytest_selfopt.loop.spec import Spec
 from pytest_selfopt.loop.types import (
     HOLD,
     PROMOTE,
@@ -23,7 +24,6 @@ from pytest_selfopt.loop.types import (
     Candidate,
     Decision,
     GateSettings,
-    Spec,
     SpecStats,
 )
 

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from pytest_selfopt.loop.diagnose import classify, diagnose, next_model, recommend
 from pytest_selfopt.loop.evaluate import evaluate
+from pytest_selfopt.loop.spec import Spec
 from pytest_selfopt.loop.types import (
     TRANSPORT_ERROR_KINDS,
     CasePattern,
@@ -17,7 +18,6 @@ from pytest_selfopt.loop.types import (
     LoopSettings,
     Sample,
     SearchSpace,
-    Spec,
     SpecStats,
 )
 

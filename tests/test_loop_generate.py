@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytest_selfopt.loop.generate import generate
+from pytest_selfopt.loop.spec import Spec
 from pytest_selfopt.loop.types import (
     HOLD,
     PROMOTE,
@@ -19,7 +20,6 @@ from pytest_selfopt.loop.types import (
     PendingCandidate,
     Recommendation,
     SearchSpace,
-    Spec,
     TriedSpec,
 )
 

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from pytest_selfopt.loop.evaluate import evaluate
 from pytest_selfopt.loop.regress import check_regression, pass_rate
-from pytest_selfopt.loop.types import GateSettings, PhaseBaseline, Sample, Spec, SpecStats
+from pytest_selfopt.loop.spec import Spec
+from pytest_selfopt.loop.types import GateSettings, PhaseBaseline, Sample, SpecStats
 
 SPEC = Spec("lfm", "atomic", 60, 1, "i0", False)
 GATES = GateSettings()

@@ -11,9 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_selfopt.loop import paired
+from pytest_selfopt.loop import stats as paired
 from pytest_selfopt.loop.decide import PairedPolicy, get_policy
 from pytest_selfopt.loop.evaluate import evaluate
+from pytest_selfopt.loop.spec import Spec
 from pytest_selfopt.loop.types import (
     HOLD,
     PROMOTE,
@@ -21,7 +22,6 @@ from pytest_selfopt.loop.types import (
     Candidate,
     GateSettings,
     Sample,
-    Spec,
     SpecStats,
 )
 

@@ -18,7 +18,12 @@ def test_first_cycle_promotes_variant_and_recommends_route(example: pytest.Pytes
     result = example.runpytest_subprocess(*RUN)
     assert result.ret == 0, result.stdout.str()
     out = result.stdout.str()
-    assert set(snapshot(example)) == {"baseline.yaml", "routing.yaml", "history.json", "decisions.log"}
+    assert set(snapshot(example)) == {
+        "baseline.yaml",
+        "routing.yaml",
+        "history.json",
+        "decisions.log",
+    }
     entry = history(example)[0]
     verdicts = decisions(entry)
     assert verdicts[("atomic", "variant=atomic")] == "PROMOTE"
@@ -85,7 +90,9 @@ def test_same_seed_same_files(pytester: pytest.Pytester) -> None:
 
 
 def test_plain_run_of_one_case_runs_it_once_and_writes_nothing(example: pytest.Pytester) -> None:
-    result = example.runpytest_subprocess("-p", "no:cacheprovider", "benchmarks", "-k", "capital-france", "-v")
+    result = example.runpytest_subprocess(
+        "-p", "no:cacheprovider", "benchmarks", "-k", "capital-france", "-v"
+    )
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*test_atomic[[]capital-france[]] PASSED*"])
     assert snapshot(example) == {}

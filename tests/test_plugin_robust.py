@@ -22,8 +22,14 @@ def test_bad_config_names_file_and_key_and_writes_nothing(pytester: pytest.Pytes
 def test_unknown_model_in_initial_is_refused_before_any_call(pytester: pytest.Pytester) -> None:
     copy_example(
         pytester,
-        initial={"model": "gpt-9", "variant": "native_api", "timeout_s": 60, "retries": 1,
-                 "isolation": "i0", "warmup": False},
+        initial={
+            "model": "gpt-9",
+            "variant": "native_api",
+            "timeout_s": 60,
+            "retries": 1,
+            "isolation": "i0",
+            "warmup": False,
+        },
     )
     result = pytester.runpytest_subprocess(*RUN)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -109,9 +115,10 @@ def test_too_few_runs_hold_every_candidate(pytester: pytest.Pytester) -> None:
     assert result.ret == 0, result.stdout.str()
     verdicts = decisions(history(pytester)[0])
     assert set(verdicts.values()) == {"HOLD"}
-    assert "baseline.yaml" not in snapshot(pytester) or "promoted_in_cycle: 1" not in (
-        pytester.path / "baselines" / "baseline.yaml"
-    ).read_text()
+    assert (
+        "baseline.yaml" not in snapshot(pytester)
+        or "promoted_in_cycle: 1" not in (pytester.path / "baselines" / "baseline.yaml").read_text()
+    )
 
 
 RAMBLER = """
@@ -166,7 +173,13 @@ def test_broken_config_fails_only_llm_tests_in_a_plain_run(pytester: pytest.Pyte
     pytester.makepyfile(test_unrelated="def test_unrelated():\n    assert True\n")
     for extra in ((), ("-n", "2")):
         result = pytester.runpytest_subprocess(
-            "-p", "no:cacheprovider", "test_unrelated.py", "benchmarks", "-k", "unrelated or capital", *extra
+            "-p",
+            "no:cacheprovider",
+            "test_unrelated.py",
+            "benchmarks",
+            "-k",
+            "unrelated or capital",
+            *extra,
         )
         result.assert_outcomes(passed=1, errors=1)
         result.stdout.fnmatch_lines(["*selfopt.yaml: gates.max_variance: expected*"])
@@ -175,14 +188,21 @@ def test_broken_config_fails_only_llm_tests_in_a_plain_run(pytester: pytest.Pyte
 
 @pytest.mark.parametrize("mode", ["--selfopt", "--selfopt-check"])
 @pytest.mark.parametrize("workers", ["0", "2"])
-def test_broken_cases_file_stops_the_cycle(pytester: pytest.Pytester, mode: str, workers: str) -> None:
+def test_broken_cases_file_stops_the_cycle(
+    pytester: pytest.Pytester, mode: str, workers: str
+) -> None:
     bench = copy_example(pytester)
     cases = bench / "atomic.yaml"
     cases.write_text(cases.read_text().replace("expect: {equals: Paris}", "expect: {equal: Paris}"))
-    result = pytester.runpytest_subprocess(mode, "-p", "no:cacheprovider", "-n", workers, "benchmarks")
+    result = pytester.runpytest_subprocess(
+        mode, "-p", "no:cacheprovider", "-n", workers, "benchmarks"
+    )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stdout.fnmatch_lines(
-        ["*nothing written*", "*bad input: benchmarks/atomic.yaml: cases[[]0[]].expect.equal: unknown key*"]
+        [
+            "*nothing written*",
+            "*bad input: benchmarks/atomic.yaml: cases[[]0[]].expect.equal: unknown key*",
+        ]
     )
     assert snapshot(pytester) == {}
 
@@ -196,5 +216,7 @@ def test_committed_routing_naming_an_unknown_model_is_refused(pytester: pytest.P
     before = snapshot(pytester)
     result = pytester.runpytest_subprocess(*RUN)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*baselines/routing.yaml: phases.atomic.model: 'gpt-9' is not defined*"])
+    result.stderr.fnmatch_lines(
+        ["*baselines/routing.yaml: phases.atomic.model: 'gpt-9' is not defined*"]
+    )
     assert snapshot(pytester) == before

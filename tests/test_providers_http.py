@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import Iterator
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -22,8 +22,8 @@ from _simserver_fixture import (
 
 from pytest_selfopt.models import anthropic, openai
 from pytest_selfopt.models.base import ProviderError, Request, parse_retry_after, redact
+from pytest_selfopt.models.runner import Answer, Runner
 from pytest_selfopt.models.simserver import SimServer
-from pytest_selfopt.runner import Answer, Runner
 
 Start = Callable[..., SimServer]
 

@@ -15,19 +15,12 @@ from typing import Any
 import pytest
 from suites import copy_example, decisions, history, recommendations
 
-from pytest_selfopt import racing
-from pytest_selfopt.loop import paired
+from pytest_selfopt.loop import stats as paired
 from pytest_selfopt.loop.decide import POLICIES, SeedPolicy, get_policy
 from pytest_selfopt.loop.evaluate import evaluate
-from pytest_selfopt.loop.types import (
-    REJECT,
-    Candidate,
-    GateSettings,
-    PhasePlan,
-    Sample,
-    Spec,
-    SpecStats,
-)
+from pytest_selfopt.loop.spec import Spec
+from pytest_selfopt.loop.types import REJECT, Candidate, GateSettings, PhasePlan, Sample, SpecStats
+from pytest_selfopt.plugin import racing
 
 GATES = GateSettings()
 BASE = Spec(model="m", variant="plain", timeout_s=60, retries=1, isolation="i0", warmup=False)
@@ -212,7 +205,7 @@ def test_reader_rereads_when_the_file_changes_and_survives_a_missing_file(tmp_pa
 
 
 def test_board_for_says_why_racing_is_off() -> None:
-    from pytest_selfopt.wire import Shipment
+    from pytest_selfopt.plugin.codec import Shipment
 
     ship = Shipment(True, 7, 1, {"p": PLAN}, None, {}, None)
     settings: Any = type("S", (), {"policy": "seed", "gates": GATES})()

@@ -7,8 +7,10 @@ import re
 
 from reportdata import BASE, HOSTILE, build_outcome, sample_history
 
-from pytest_selfopt.loop.types import CycleOutcome
-from pytest_selfopt.report import curve, json_document, terminal_lines
+from pytest_selfopt.loop.outcome import CycleOutcome
+from pytest_selfopt.report.common import curve
+from pytest_selfopt.report.jsondoc import json_document
+from pytest_selfopt.report.terminal import terminal_lines
 
 # --------------------------------------------------------------------------- terminal
 

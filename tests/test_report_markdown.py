@@ -12,14 +12,9 @@ from reportdata import GATES, HOSTILE, build_outcome, sample_history
 from suites import copy_example
 
 from pytest_selfopt.loop.regress import CaseChange, RegressionResult
-from pytest_selfopt.loop.types import Spec
-from pytest_selfopt.report import (
-    check_markdown,
-    check_terminal_lines,
-    escape_html,
-    escape_md,
-    markdown,
-)
+from pytest_selfopt.loop.spec import Spec
+from pytest_selfopt.report.markdown import check_markdown, escape_html, escape_md, markdown
+from pytest_selfopt.report.terminal import check_terminal_lines
 
 # --------------------------------------------------------------------------- Markdown
 

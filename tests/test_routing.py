@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 
 import pytest_selfopt
-from pytest_selfopt import files
-from pytest_selfopt.files import FilesError, RoutingTable, UnknownPhaseError, dump_routing
-from pytest_selfopt.loop.types import Route, Spec
+from pytest_selfopt.loop.spec import Spec
+from pytest_selfopt.loop.types import Route
+from pytest_selfopt.store import files
+from pytest_selfopt.store.files import RoutingTable, UnknownPhaseError
+from pytest_selfopt.store.formats import FilesError, dump_routing
 
 ROOT = Path(__file__).resolve().parents[1]
 HAIKU = Spec("claude-haiku", "native_api", 60, 1, "i0", True)

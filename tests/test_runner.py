@@ -18,7 +18,7 @@ from pytest_selfopt.models.base import (
     register_provider,
     unregister_provider,
 )
-from pytest_selfopt.runner import BACKOFF_CAP_S, RETRY_AFTER_CAP_S, Runner
+from pytest_selfopt.models.runner import BACKOFF_CAP_S, RETRY_AFTER_CAP_S, Runner
 
 _names = itertools.count()
 PROMPT = "What is the capital of France?"

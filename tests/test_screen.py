@@ -13,17 +13,17 @@ import pytest
 import yaml
 from suites import copy_example, decisions, history
 
-from pytest_selfopt.config import ConfigError, load_config
 from pytest_selfopt.loop.cycle import close_cycle, plan_cycle
 from pytest_selfopt.loop.generate import cooling_down
 from pytest_selfopt.loop.learn import history_entry, pending_from_history, tried_from_history
+from pytest_selfopt.loop.outcome import CycleOutcome
 from pytest_selfopt.loop.screen import CONFIRM_ACTION, SCREEN, screen, screen_plan
+from pytest_selfopt.loop.spec import Spec
 from pytest_selfopt.loop.types import (
     HOLD,
     PROMOTE,
     REJECT,
     Candidate,
-    CycleOutcome,
     GateSettings,
     LoopSettings,
     LoopState,
@@ -32,11 +32,18 @@ from pytest_selfopt.loop.types import (
     Recommendation,
     Sample,
     SearchSpace,
-    Spec,
     TriedSpec,
 )
-from pytest_selfopt.wire import Collected, Shipment, missing_samples, plan_from_dict, plan_to_dict
-from pytest_selfopt.wire import points as wire_points
+from pytest_selfopt.plugin.codec import (
+    Collected,
+    Shipment,
+    missing_samples,
+    plan_from_dict,
+    plan_to_dict,
+)
+from pytest_selfopt.plugin.codec import points as wire_points
+from pytest_selfopt.suite.config import load_config
+from pytest_selfopt.suite.yamlread import ConfigError
 
 BASE = Spec("lfm", "native_api", 60, 1, "i0", False)
 SEARCH = SearchSpace(

@@ -8,10 +8,10 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -19,7 +19,8 @@ from _simserver_fixture import GOOD, Case, sim_servers
 
 from pytest_selfopt.models.base import REFERENCE_HEADER
 from pytest_selfopt.models.sim import SimBehaviour, simulate
-from pytest_selfopt.models.simserver import Fault, SimServer, main
+from pytest_selfopt.models.simhttp import Fault
+from pytest_selfopt.models.simserver import SimServer, main
 
 Start = Callable[..., SimServer]
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from test_paired import CAND, decide, stats_from
 
-from pytest_selfopt import study
-from pytest_selfopt.loop import paired
+from pytest_selfopt.loop import stats as paired
 from pytest_selfopt.loop.decide import SeedPolicy
 from pytest_selfopt.loop.types import PROMOTE, Candidate, GateSettings
+from pytest_selfopt.study import simulate as study
 
 GATES = GateSettings()
 

@@ -19,24 +19,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from .decide import GatePolicy, get_policy
-from .diagnose import diagnose, recommend
-from .enforce import enforce
-from .evaluate import SampleColumns, as_columns, empty_stats, evaluate
-from .generate import cooling_down, generate
-from .learn import learn
-from .screen import CONFIRM_ACTION, screen, screened
-from .types import (
+from pytest_selfopt.loop.decide import GatePolicy, get_policy
+from pytest_selfopt.loop.diagnose import diagnose, recommend
+from pytest_selfopt.loop.enforce import enforce
+from pytest_selfopt.loop.evaluate import SampleColumns, as_columns, empty_stats, evaluate
+from pytest_selfopt.loop.generate import cooling_down, generate
+from pytest_selfopt.loop.learn import learn
+from pytest_selfopt.loop.outcome import CycleOutcome, PhaseOutcome
+from pytest_selfopt.loop.screen import CONFIRM_ACTION, screen, screened
+from pytest_selfopt.loop.types import (
     HOLD,
     AuditRecord,
-    CycleOutcome,
     Decision,
     Diagnosis,
     LoopSettings,
     LoopState,
     PendingCandidate,
     PhaseBaseline,
-    PhaseOutcome,
     PhasePlan,
     Recommendation,
     Sample,

@@ -36,8 +36,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from . import paired as st
-from .types import (
+from pytest_selfopt.loop import stats as st
+from pytest_selfopt.loop.types import (
     HOLD,
     PROMOTE,
     REJECT,

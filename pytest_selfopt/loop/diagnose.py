@@ -56,17 +56,15 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
-from .types import (
+from pytest_selfopt.loop.spec import Scalar, Spec, format_scalar
+from pytest_selfopt.loop.types import (
     TRANSPORT_ERROR_KINDS,
     WRONG_ANSWER,
     CasePattern,
     Diagnosis,
     LoopSettings,
     Recommendation,
-    Scalar,
-    Spec,
     SpecStats,
-    format_scalar,
 )
 
 KINDS: tuple[str, ...] = ("stable_pass", "cold_start", "capability_limit", "timeout_bound", "flaky")

@@ -22,8 +22,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .generate import cooling_down
-from .types import (
+from pytest_selfopt.loop.generate import cooling_down
+from pytest_selfopt.loop.spec import Spec, format_scalar
+from pytest_selfopt.loop.types import (
     PROMOTE,
     AuditRecord,
     Candidate,
@@ -34,9 +35,7 @@ from .types import (
     PhasePlan,
     Recommendation,
     Route,
-    Spec,
     TriedSpec,
-    format_scalar,
 )
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .types import TRANSPORT_ERROR_KINDS, CasePattern, Sample, SpecStats
+from pytest_selfopt.loop.types import TRANSPORT_ERROR_KINDS, CasePattern, Sample, SpecStats
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]

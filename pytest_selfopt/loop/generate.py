@@ -22,15 +22,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .screen import SCREEN, screen_plan
-from .types import (
+from pytest_selfopt.loop.screen import SCREEN, screen_plan
+from pytest_selfopt.loop.spec import Spec
+from pytest_selfopt.loop.types import (
     HOLD,
     REJECT,
     Candidate,
     LoopSettings,
     PendingCandidate,
     PhasePlan,
-    Spec,
     TriedSpec,
 )
 

@@ -27,14 +27,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .decide import pick_winner
-from .types import (
+from pytest_selfopt.loop.decide import pick_winner
+from pytest_selfopt.loop.outcome import CycleOutcome, PhaseOutcome
+from pytest_selfopt.loop.types import (
     Candidate,
-    CycleOutcome,
     Decision,
     PendingCandidate,
     PhaseBaseline,
-    PhaseOutcome,
     PhasePlan,
     SpecStats,
     TriedSpec,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .types import (
+from pytest_selfopt.loop.types import (
     AuditRecord,
     Candidate,
     Decision,

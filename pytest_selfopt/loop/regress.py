@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from .types import GateSettings, PhaseBaseline, SpecStats
+from pytest_selfopt.loop.types import GateSettings, PhaseBaseline, SpecStats
 
 #: Rounding slack: committed metrics are written with 4 decimals.
 EPSILON = 1e-4 / 2 + 1e-9

@@ -22,7 +22,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from .types import HOLD, REJECT, Candidate, Decision, PhasePlan, Recommendation, SpecStats
+from pytest_selfopt.loop.types import (
+    HOLD,
+    REJECT,
+    Candidate,
+    Decision,
+    PhasePlan,
+    Recommendation,
+    SpecStats,
+)
 
 SCREEN = "screen"  # Candidate.origin of a screened candidate
 CONFIRM_ACTION = "confirm_screened"  # Recommendation.action of a screened leader

@@ -29,7 +29,9 @@ def _canonical_scalar(knob: str, value: Any) -> Scalar:
         return value
     if isinstance(value, float):
         return float(value)
-    raise TypeError(f"knob {knob!r}: expected a string, number or boolean, got {type(value).__name__}")
+    raise TypeError(
+        f"knob {knob!r}: expected a string, number or boolean, got {type(value).__name__}"
+    )
 
 
 @dataclass(frozen=True)

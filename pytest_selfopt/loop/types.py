@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .spec import CORE_KNOBS, ISOLATIONS, Scalar, Spec, format_scalar  # noqa: F401  (re-exported)
+from pytest_selfopt.loop.spec import Scalar, Spec
 
 PROMOTE = "PROMOTE"
 HOLD = "HOLD"
@@ -380,7 +380,3 @@ class LoopSettings:
 
 def spec_index(specs: Sequence[Spec]) -> dict[str, Spec]:
     return {s.id: s for s in specs}
-
-
-# Re-exported here so that ``from .types import CycleOutcome`` keeps working.
-from .outcome import CycleOutcome, PhaseOutcome  # noqa: F401

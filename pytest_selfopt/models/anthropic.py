@@ -8,7 +8,8 @@ default base URL, ``api_key_env`` defaults to ``ANTHROPIC_API_KEY``; the key is 
 ``x-api-key`` and never appears in an error.
 
 Error classification is the OpenAI provider's; Anthropic's 529 ``overloaded_error`` is
-``http_5xx`` like any 5xx, so it is retried.
+``http_5xx`` like any 5xx, so it is retried. Declared knobs go into the body over ``params``
+as there (``RESERVED_PARAMS`` excepted); a 404 hints at ``base_url``.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from .base import REFERENCE_HEADER, ProviderError, Reply, Request, display_url
-from .openai import (
+from pytest_selfopt.models.base import REFERENCE_HEADER, ProviderError, Reply, Request, display_url
+from pytest_selfopt.models.openai import (
     HttpJsonClient,
     HttpOptions,
     api_key,
+    http_uses_knob,
     parse_http_options,
+    request_params,
     resolve_headers,
     token_count,
 )
@@ -51,13 +54,23 @@ class AnthropicClient:
             headers["x-api-key"] = key
         if opts.simulated and request.reference is not None:
             headers[REFERENCE_HEADER] = json.dumps(request.reference.to_dict())
-        body: dict[str, Any] = {"max_tokens": p.max_tokens, **opts.params, **request.params}
+        body: dict[str, Any] = {
+            "max_tokens": p.max_tokens,
+            **opts.params,
+            **request_params(request),
+        }
         body["model"] = request.model or opts.model
         body["messages"] = [{"role": "user", "content": request.prompt}]
         if request.system:
             body["system"] = request.system
         data = self._http.post_json(
-            p.url, body, headers, request.timeout_s, secrets, time_scale=opts.time_scale
+            p.url,
+            body,
+            headers,
+            request.timeout_s,
+            secrets,
+            time_scale=opts.time_scale,
+            not_found_hint=lambda: anthropic_404_hint(opts.base_url),
         )
         content = data.get("content")
         if not isinstance(content, list):
@@ -82,6 +95,21 @@ class AnthropicClient:
         self._http.close()
 
 
+def anthropic_404_hint(base_url: str) -> str:
+    """What is probably wrong with ``base_url`` when ``.../v1/messages`` is 404."""
+    shown = display_url(base_url)
+    if shown.rstrip("/").endswith("/messages"):
+        return (
+            "base_url should not include /messages (the provider appends /v1/messages): try "
+            f"base_url: {shown.rstrip('/').removesuffix('/messages').removesuffix('/v1')}"
+        )
+    return (
+        f"base_url should be the server's root or end at /v1 (the provider posts to "
+        f"{{base_url}}/v1/messages); check base_url ({shown}) and that the server serves "
+        "the model"
+    )
+
+
 class AnthropicProvider:
     simulated_time = False
 
@@ -97,6 +125,10 @@ class AnthropicProvider:
 
     def new_client(self) -> AnthropicClient:
         return AnthropicClient(self)
+
+    def uses_knob(self, knob: str) -> bool:
+        """Declared knobs go into the request body (see ``openai.http_uses_knob``)."""
+        return http_uses_knob(knob)
 
     def __repr__(self) -> str:
         return f"AnthropicProvider({self.name!r}, url={display_url(self.url)!r})"

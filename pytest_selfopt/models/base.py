@@ -12,8 +12,13 @@ spec, ``i1`` opens a fresh one for every call.
 
 from __future__ import annotations
 
+import base64
 import email.utils
+import functools
+import html
+import json
 import math
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -44,6 +49,9 @@ class Reference:
     variant: str
     spec_id: str
     seed: int = 0
+    #: The cycle being measured; part of every simulated draw (fresh data each cycle). 0: no
+    #: cycle, the draws of earlier versions.
+    cycle: int = 0
     max_words: int | None = None  # restraint limit, so the simulator can ramble past it
     forbidden: tuple[str, ...] = ()  # must_not_contain, so the simulator can say it
     abstain: bool = False  # the case expects an abstention
@@ -114,11 +122,133 @@ class ProviderError(Exception):
         return self.kind in self.RETRYABLE
 
 
+REDACTED = "[REDACTED]"
+#: How much of an error body is read to build its excerpt, and the excerpt's length.
+EXCERPT_SCAN_BYTES = 64 * 1024
+EXCERPT_CHARS = 300
+#: Shorter secrets are matched in their exact encodings only: a base64 fragment of a few
+#: characters would match unrelated text.
+_B64_FRAGMENT_MIN_BYTES = 8
+_B64_TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=_-%")
+
+
 def redact(text: str, secrets: Iterable[str | None]) -> str:
-    """``text`` with every occurrence of each secret replaced, so error bodies can be shown."""
-    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
-        text = text.replace(secret, "[REDACTED]")
+    """``text`` with every secret replaced by ``[REDACTED]`` in every encoding a server can
+    echo it back in: raw, JSON-escaped (``\\/``, ``\\uXXXX``), URL-encoded (either case,
+    ``+`` for a space), HTML character references, and base64 (standard or URL-safe) of the
+    secret alone or inside a longer value such as ``user:key`` (the whole base64 token goes).
+    Redaction by construction: see docs/providers.md, "API keys"."""
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        text = _encoded_pattern(secret).sub(REDACTED, text)
+        fragments = _base64_fragments(secret)
+        if fragments is not None:
+            text = _redact_base64(text, fragments)
     return text
+
+
+def _char_forms(char: str) -> list[str]:
+    """Regex alternatives for one character of a secret, in every text encoding."""
+    forms = [re.escape(char)]
+    code = ord(char)
+    if code <= 0xFFFF:  # JSON \uXXXX, hex digits in either case
+        forms.append(r"\\u" + "".join(f"[{d.lower()}{d.upper()}]" for d in f"{code:04x}"))
+    short = json.dumps(char)[1:-1]
+    if short != char and not short.startswith("\\u"):
+        forms.append(re.escape(short))  # \" \\ \n ...
+    if char == "/":
+        forms.append(r"\\/")
+    pct = "".join(f"%[{h[0]}][{h[1].lower()}{h[1].upper()}]" for h in (
+        f"{b:02X}" for b in char.encode("utf-8")))  # fmt: skip
+    forms.append(pct)
+    if char == " ":
+        forms.append(r"\+")
+    forms += [re.escape(f"&#{code};"), f"&#[xX]0*{code:x};", f"&#[xX]0*{code:X};"]
+    named = html.escape(char, quote=True)
+    if named != char:
+        forms.append(re.escape(named))
+    return forms
+
+
+@functools.lru_cache(maxsize=64)
+def _encoded_pattern(secret: str) -> re.Pattern[str]:
+    return re.compile("".join(f"(?:{'|'.join(_char_forms(c))})" for c in secret))
+
+
+@functools.lru_cache(maxsize=64)
+def _base64_fragments(secret: str) -> re.Pattern[str] | None:
+    """The base64 characters that depend only on the secret's bytes, for each of the three
+    alignments it can have inside a longer value (``user:key``), in both alphabets; ``+`` and
+    ``/`` may themselves be URL- or JSON-escaped."""
+    raw = secret.encode("utf-8")
+    n = len(raw)
+    if n < _B64_FRAGMENT_MIN_BYTES:
+        exact = {base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()}
+        return re.compile("|".join(re.escape(e.rstrip("=")) for e in sorted(exact)))
+    fragments: set[str] = set()
+    for shift in range(3):
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            enc = encode(b"\0" * shift + raw).decode()
+            fragments.add(enc[math.ceil(8 * shift / 6) : (8 * (shift + n) - 6) // 6 + 1])
+    escaped = {"+": r"(?:\+|%2[bB])", "/": r"(?:/|\\/|%2[fF])"}
+    alternatives = ("".join(escaped.get(c, re.escape(c)) for c in f) for f in sorted(fragments))
+    return re.compile("|".join(alternatives))
+
+
+def _redact_base64(text: str, fragments: re.Pattern[str]) -> str:
+    """Replace every base64 token that contains a fragment, whole (its ends encode the
+    neighbouring bytes, which may be part of the secret too)."""
+    out: list[str] = []
+    pos = 0
+    for match in fragments.finditer(text):
+        start, end = match.start(), match.end()
+        if start < pos:
+            continue
+        while start > pos and (text[start - 1] in _B64_TOKEN_CHARS or text[start - 1] == "\\"):
+            start -= 1
+        while end < len(text) and (text[end] in _B64_TOKEN_CHARS or text[end] == "\\"):
+            end += 1
+        out += [text[pos:start], REDACTED]
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def error_excerpt(content: bytes, secrets: Iterable[str | None]) -> str:
+    """What may travel of a response body: a bounded, one-line, printable, secret-free excerpt.
+
+    Only the first ``EXCERPT_SCAN_BYTES`` are read. A JSON error object is reduced to its
+    ``type: message``; any other body to its text with ``\\/`` unescaped. Secrets are
+    redacted (every encoding, see :func:`redact`) before the cut to ``EXCERPT_CHARS``, so a cut
+    never leaves part of one."""
+    head = content[:EXCERPT_SCAN_BYTES]
+    text = head.decode("utf-8", "replace")
+    message = _json_error_message(text) if len(content) <= EXCERPT_SCAN_BYTES else None
+    text = message if message is not None else text
+    text = redact(text.replace("\\/", "/"), secrets)
+    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    text = redact(text, secrets)  # joining lines must not rebuild what a line break split
+    return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 3] + "..."
+
+
+def _json_error_message(text: str) -> str | None:
+    """``type: message`` of an OpenAI/Anthropic-style error body, else None (any shape,
+    any depth: never raises)."""
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    error = data.get("error", data)
+    if isinstance(error, str):
+        return error
+    if not isinstance(error, dict):
+        return None
+    message = error.get("message", error.get("detail"))
+    if not isinstance(message, str):
+        return None
+    kind = error.get("type")
+    return f"{kind}: {message}" if isinstance(kind, str) and kind else message
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:

@@ -4,10 +4,14 @@ LiteLLM proxy and the project's own simulator server (``selfopt sim-server``).
 Options (the model's entry in the suite config, minus ``provider``):
 
 ``base_url``     required, ``http(s)://host[:port]/v1``; POST ``{base_url}/chat/completions``.
+                 No credentials in it: user info, or a query parameter named like a secret
+                 (``key``, ``token``, ...), is refused (use ``api_key_env`` or ``headers``).
 ``model``        the provider-side model name; default the suite's alias.
 ``api_key_env``  name of the environment variable holding the API key (read at call time, sent as
                  ``Authorization: Bearer``). The key never appears in an error, repr or log.
-``params``       mapping merged into the request body (``temperature``, ``max_tokens``, ...).
+``params``       mapping merged into the request body (``temperature``, ``max_tokens``, ...);
+                 the spec's declared knobs (``knobs:``) are merged over it, except the body
+                 keys the provider owns (:data:`RESERVED_PARAMS`).
 ``headers``      extra headers; values may reference environment variables as ``${VAR}``.
 ``simulated``    true only for a simulator server: the case's reference then travels in the
                  ``X-Selfopt-Reference`` header. A real provider never receives it.
@@ -21,8 +25,11 @@ Options (the model's entry in the suite config, minus ``provider``):
 
 Error kinds: httpx timeouts and an attempt running past its total deadline (a trickled body)
 are ``timeout``; a refused, reset or dropped connection (also mid-response) is ``connect``;
-a complete response that is not valid chat-completion JSON is ``protocol``. The HTTP helpers
-below are shared with ``anthropic.py``.
+a complete response that is not valid chat-completion JSON (of any shape or depth, or over
+``MAX_BODY_BYTES``) is ``protocol``. Messages name the URL actually requested; a 404 adds a
+hint about ``base_url``. Error bodies travel only as ``base.error_excerpt`` (status, a
+bounded excerpt, every encoding of every secret redacted). The HTTP helpers below are shared
+with ``anthropic.py``.
 """
 
 from __future__ import annotations
@@ -32,19 +39,22 @@ import math
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 
-from .base import (
+from pytest_selfopt.models.base import (
+    EXCERPT_CHARS,
     REFERENCE_HEADER,
     TIME_SCALE_HEADER,
     ProviderError,
     Reply,
     Request,
     display_url,
+    error_excerpt,
     parse_retry_after,
     redact,
 )
@@ -52,9 +62,15 @@ from .base import (
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 MAX_BODY_BYTES = 16 * 1024 * 1024
-SNIPPET_CHARS = 300
-#: Body keys the provider owns; ``params`` may not override them.
-_RESERVED_PARAMS = frozenset({"messages", "stream", "system"})
+#: Body keys the provider owns: ``params`` may not set them and knobs of these names are not
+#: sent (``model`` is the config's ``model:``, ``stream`` would change the reply's shape).
+RESERVED_PARAMS = frozenset({"messages", "stream", "system", "model"})
+#: Query parameter and header names that carry credentials: refused as literal values.
+_SECRET_NAME = re.compile(
+    r"(?:^|[_-])(?:api[_-]?key|key|token|secret|passw(?:or)?d|auth|authorization|sig|signature"
+    r"|credentials?|code)$",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True)
@@ -87,11 +103,12 @@ def parse_http_options(
             "api_key_env: expected the NAME of an environment variable (letters, digits, _), "
             "not the key itself"
         )
+    refuse_url_credentials(base_url)
     params = options.get("params", {})
     if not isinstance(params, Mapping) or not all(isinstance(k, str) for k in params):
         raise ValueError(f"params: expected a mapping of body fields, got {type(params).__name__}")
     for key in params:
-        if key in _RESERVED_PARAMS:
+        if key in RESERVED_PARAMS:
             raise ValueError(f"params.{key}: set by the provider, cannot be overridden")
     headers = options.get("headers", {})
     if not isinstance(headers, Mapping):
@@ -101,6 +118,12 @@ def parse_http_options(
     for hname, hvalue in headers.items():
         if not isinstance(hname, str) or not isinstance(hvalue, str):
             raise ValueError(f"headers.{hname}: expected a text value")  # value not echoed
+        literal = _ENV_REF.sub("", hvalue).strip().lower()
+        if _SECRET_NAME.search(hname) and literal not in ("", "bearer", "basic", "token"):
+            raise ValueError(
+                f"headers.{hname}: expected a ${{VAR}} reference to an environment variable, "
+                "not a literal credential (value not shown)"
+            )
     simulated = options.get("simulated", False)
     if not isinstance(simulated, bool):
         raise ValueError(f"simulated: expected true or false, got {simulated!r}")
@@ -127,6 +150,23 @@ def parse_http_options(
         simulated=simulated,
         time_scale=float(time_scale) if time_scale is not None else None,
     )
+
+
+def refuse_url_credentials(base_url: str) -> None:
+    """A key in ``base_url`` would be sent, logged and shown: refuse user info and query
+    parameters named like a secret, without echoing them."""
+    parts = urlsplit(base_url)
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            "base_url: expected a URL without user info (user:password@); put the key in an "
+            "environment variable named by api_key_env (value not shown)"
+        )
+    for name, _ in parse_qsl(parts.query, keep_blank_values=True):
+        if _SECRET_NAME.search(name):
+            raise ValueError(
+                f"base_url: expected no credentials in the query, found {name!r} (value not "
+                "shown); use api_key_env or a headers value with ${VAR}"
+            )
 
 
 def resolve_headers(templates: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
@@ -157,13 +197,6 @@ def api_key(env_name: str) -> str:
     return value
 
 
-def snippet(content: bytes, secrets: list[str]) -> str:
-    """A short, one-line, secret-free excerpt of a response body for an error message."""
-    text = " ".join(content.decode("utf-8", "replace").split())
-    text = redact(text, secrets)
-    return text if len(text) <= SNIPPET_CHARS else text[: SNIPPET_CHARS - 3] + "..."
-
-
 class HttpJsonClient:
     """One ``httpx.Client`` (so a kept client really reuses its connections) posting JSON.
 
@@ -173,7 +206,6 @@ class HttpJsonClient:
     """
 
     def __init__(self, base_url: str) -> None:
-        self._where = display_url(base_url)
         # Proxy variables apply to real endpoints, never to a server on this machine.
         loopback = (httpx.URL(base_url).host or "") in ("127.0.0.1", "localhost", "::1")
         self._http = httpx.Client(follow_redirects=False, trust_env=not loopback)
@@ -186,10 +218,13 @@ class HttpJsonClient:
         timeout_s: float,
         secrets: list[str],
         time_scale: float | None = None,
+        not_found_hint: Callable[[], str] | None = None,
     ) -> Mapping[str, Any]:
-        """POST ``body``; ``timeout_s`` is in simulated seconds when ``time_scale`` is set (a
-        simulator server's clock), and the server's announced scale must then match it."""
-        where = self._where
+        """POST ``body`` to ``url`` (named in every error, without user info or query);
+        ``timeout_s`` is in simulated seconds when ``time_scale`` is set (a simulator server's
+        clock), and the server's announced scale must then match it. ``not_found_hint`` is
+        added to a 404's message (how ``base_url`` is probably wrong)."""
+        where = display_url(url)
         real_s = timeout_s * (time_scale or 1.0)
         shown = f"{timeout_s:g} s" + (f" ({real_s:g} s real)" if time_scale else "")
         deadline = time.monotonic() + real_s
@@ -219,7 +254,7 @@ class HttpJsonClient:
                 "timeout", f"{type(exc).__name__}: no answer from {where} within {shown}"
             ) from None
         except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError) as exc:
-            detail = redact(str(exc), secrets)[:SNIPPET_CHARS]
+            detail = redact(str(exc), secrets)[:EXCERPT_CHARS]
             raise ProviderError(
                 "connect", f"{type(exc).__name__} talking to {where}: {detail}"
             ) from None
@@ -236,10 +271,10 @@ class HttpJsonClient:
             ) from None
         if time.monotonic() > deadline:
             raise ProviderError("timeout", f"response from {where} not complete within {shown}")
-        raise_for_status(status, resp_headers, content, where, secrets)
-        ctype = resp_headers.get("content-type", "")
+        raise_for_status(status, resp_headers, content, where, secrets, not_found_hint)
+        ctype = redact(resp_headers.get("content-type", ""), secrets)[:80]
         if "json" not in ctype.lower():
-            excerpt = snippet(content, secrets)
+            excerpt = error_excerpt(content, secrets)
             raise ProviderError(
                 "protocol",
                 f"expected JSON from {where}, got content type {ctype!r}: {excerpt}",
@@ -247,14 +282,19 @@ class HttpJsonClient:
             )
         try:
             data = json.loads(content)
-        except ValueError:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested past any sense
+            what = "nested too deeply" if isinstance(exc, RecursionError) else "malformed"
             raise ProviderError(
                 "protocol",
-                f"malformed JSON from {where}: {snippet(content, secrets)}",
+                f"{what} JSON from {where}: {error_excerpt(content, secrets)}",
                 status=status,
             ) from None
         if not isinstance(data, dict):
-            raise ProviderError("protocol", f"expected a JSON object from {where}", status=status)
+            raise ProviderError(
+                "protocol",
+                f"expected a JSON object from {where}, got {type(data).__name__}",
+                status=status,
+            )
         return data
 
     def close(self) -> None:
@@ -279,9 +319,15 @@ def check_time_scale(announced: str | None, expected: float, where: str) -> None
 
 
 def raise_for_status(
-    status: int, headers: Mapping[str, str], content: bytes, where: str, secrets: list[str]
+    status: int,
+    headers: Mapping[str, str],
+    content: bytes,
+    where: str,
+    secrets: list[str],
+    not_found_hint: Callable[[], str] | None = None,
 ) -> None:
-    """Classify a non-2xx status: 429, 5xx (529 included) and 4xx, with Retry-After parsed."""
+    """Classify a non-2xx status: 429, 5xx (529 included) and 4xx, with Retry-After parsed.
+    The message carries the status and a bounded, redacted excerpt of the body, never more."""
     if 200 <= status < 300:
         return
     if status == 429:
@@ -292,9 +338,10 @@ def raise_for_status(
         kind = "http_4xx"
     else:
         kind = "protocol"
+    hint = f"; {not_found_hint()}" if status == 404 and not_found_hint is not None else ""
     raise ProviderError(
         kind,
-        f"HTTP {status} from {where}: {snippet(content, secrets)}",
+        f"HTTP {status} from {where}: {error_excerpt(content, secrets)}{hint}",
         status=status,
         retry_after_s=parse_retry_after(headers.get("retry-after")),
     )
@@ -328,19 +375,21 @@ class OpenAIClient:
         messages.append({"role": "user", "content": request.prompt})
         body = {
             **opts.params,
-            **request.params,
+            **request_params(request),
             "model": request.model or opts.model,
             "messages": messages,
         }
+        url = f"{opts.base_url}/chat/completions"
         data = self._http.post_json(
-            f"{opts.base_url}/chat/completions",
+            url,
             body,
             headers,
             request.timeout_s,
             secrets,
             time_scale=opts.time_scale,
+            not_found_hint=lambda: openai_404_hint(opts.base_url),
         )
-        where = display_url(opts.base_url)
+        where = display_url(url)
         choices = data.get("choices")
         message = (
             choices[0].get("message")
@@ -368,6 +417,35 @@ class OpenAIClient:
         self._http.close()
 
 
+def request_params(request: Request) -> dict[str, Any]:
+    """The request's parameters (the spec's knobs) that may go into a body: all but the keys
+    the provider owns (:data:`RESERVED_PARAMS`)."""
+    return {k: v for k, v in request.params.items() if k not in RESERVED_PARAMS}
+
+
+def http_uses_knob(knob: str) -> bool:
+    """An HTTP provider sends every declared knob as a body field, but for reserved keys."""
+    return knob not in RESERVED_PARAMS
+
+
+def openai_404_hint(base_url: str) -> str:
+    """What is probably wrong with ``base_url`` when ``{base_url}/chat/completions`` is 404."""
+    shown = display_url(base_url)
+    path = urlsplit(base_url).path.rstrip("/")
+    if path.endswith("/chat/completions"):
+        fixed = shown.removesuffix("/chat/completions")
+        return (
+            f"base_url should not include /chat/completions (the provider appends it): "
+            f"try base_url: {fixed}"
+        )
+    if not path.endswith("/v1"):
+        return (
+            "OpenAI-compatible servers serve under /v1: base_url should usually end at /v1, "
+            f"e.g. {shown}/v1; or the model name is not served"
+        )
+    return f"check base_url ({shown}) and that the server serves the model"
+
+
 class OpenAIProvider:
     simulated_time = False
 
@@ -379,6 +457,10 @@ class OpenAIProvider:
 
     def new_client(self) -> OpenAIClient:
         return OpenAIClient(self)
+
+    def uses_knob(self, knob: str) -> bool:
+        """Declared knobs go into the request body (see :func:`http_uses_knob`)."""
+        return http_uses_knob(knob)
 
     def __repr__(self) -> str:
         return f"OpenAIProvider({self.name!r}, base_url={display_url(self.options.base_url)!r})"

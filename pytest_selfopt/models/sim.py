@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any
 
-from .base import Client, ProviderError, Reference, Reply, Request
+from pytest_selfopt.models.base import Client, ProviderError, Reference, Reply, Request
 
 _NORMAL = NormalDist()
 FILLER = (

@@ -13,25 +13,42 @@ N through first, ``path`` and ``model`` filter. Kinds:
 ``drop``          headers promise the whole body, half is sent, the connection is closed
 ``malformed``     200 with broken JSON
 ``content_type``  200 with an HTML error page (``text/html``)
-``echo_headers``  401 whose message quotes the request headers back (secrets tests)
+``echo_headers``  401 whose message quotes the request headers back (secrets tests), in
+                  ``encoding``: ``raw`` (plain JSON), ``json_slash`` (JSON with ``/`` escaped as
+                  ``\\/``, as PHP servers write it), ``url`` (percent-encoded), ``base64``,
+                  ``basic`` (base64 of ``selfopt:VALUE``, as in Basic auth) or ``all`` (every one
+                  of them, in a ``json_slash`` body)
+``reply``         a raw response of any shape: ``body`` (text or bytes), ``status`` (default
+                  200), ``content_type`` (default ``application/json``) -- hostile-reply tests
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .sim import ColdStartCounter, SimBehaviour
+from pytest_selfopt.models.sim import ColdStartCounter, SimBehaviour
 
 FAULT_HEADER = "X-Selfopt-Fault"
 FAULT_KINDS = frozenset(
-    {"latency", "trickle", "status", "drop", "malformed", "content_type", "echo_headers"}
+    {"latency", "trickle", "status", "drop", "malformed", "content_type", "echo_headers", "reply"}
 )
-_COUNTS = ["connections", "requests", "with_reference", "without_reference", "in_flight", "max_in_flight"]
+ECHO_ENCODINGS = ("raw", "json_slash", "url", "base64", "basic", "all")
+_COUNTS = [
+    "connections",
+    "requests",
+    "with_reference",
+    "without_reference",
+    "in_flight",
+    "max_in_flight",
+]
 _BREAKDOWNS = ("by_path", "by_model", "statuses", "faults", "cold_starts")
 _RESPONSE_KINDS = FAULT_KINDS - {"latency"}
 _BORING_HEADERS = frozenset(
@@ -58,6 +75,9 @@ class Fault:
     retry_after: str | None = None  # Retry-After value for status faults
     path: str | None = None  # only requests to this path
     model: str | None = None  # only requests for this alias
+    encoding: str = "raw"  # echo_headers: how the headers are quoted back
+    body: str | bytes | None = None  # reply: the raw body
+    content_type: str = "application/json"  # reply: its content type
     seen: int = 0
     struck: int = 0
 
@@ -70,6 +90,12 @@ class Fault:
             )
         if self.kind == "echo_headers" and self.status == 503:
             self.status = 401
+        if self.kind == "reply" and self.status == 503:
+            self.status = 200
+        if self.encoding not in ECHO_ENCODINGS:
+            raise ValueError(
+                f"fault encoding: expected one of {list(ECHO_ENCODINGS)}, got {self.encoding!r}"
+            )
         if self.kind == "status" and self.status == 429 and self.retry_after is None:
             self.retry_after = "1"
 
@@ -88,7 +114,7 @@ class Fault:
                 args[key] = int(value)
             elif key == "delay_s":
                 args[key] = float(value)
-            elif key in ("retry_after", "path", "model"):
+            elif key in ("retry_after", "path", "model", "encoding", "body", "content_type"):
                 args[key] = value
             else:
                 raise ValueError(f"fault option: unknown key {key!r}")
@@ -157,13 +183,28 @@ def error_body(status: int, message: str, anthropic: bool) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "code": status}}
 
 
-def echo_body(headers: Iterable[tuple[str, str]]) -> dict[str, Any]:
-    """A 401 quoting the request headers back, as careless servers quote a bad key: the
+def echo_body(headers: Iterable[tuple[str, str]], encoding: str = "raw") -> bytes:
+    """A 401 body quoting the request headers back, as careless servers quote a bad key: the
     client's own headers first, so they land in a client's short error excerpt."""
     echoed = sorted(headers, key=lambda kv: kv[0].lower() in _BORING_HEADERS)
-    quoted = "; ".join(f"{k}: {v}" for k, v in echoed)
+    wanted = ECHO_ENCODINGS[:-1] if encoding == "all" else (encoding,)
+    quoted = "; ".join(f"{k}: {_encode(v, e)}" for k, v in echoed for e in wanted)
     message = f"invalid credentials; request headers: {quoted}"
-    return {"error": {"message": message, "type": "authentication_error"}}
+    text = json.dumps({"error": {"message": message, "type": "authentication_error"}})
+    if encoding in ("json_slash", "all"):
+        text = text.replace("/", "\\/")
+    return text.encode()
+
+
+def _encode(value: str, encoding: str) -> str:
+    raw = value.encode("utf-8")
+    if encoding == "url":
+        return urllib.parse.quote(value, safe="")
+    if encoding == "base64":
+        return base64.b64encode(raw).decode()
+    if encoding == "basic":
+        return base64.b64encode(b"selfopt:" + raw).decode()
+    return value  # raw, json_slash (escaped with the whole body)
 
 
 class ServerState:

@@ -4,7 +4,9 @@ Providers talk to it exactly as to a real server, so the HTTP path — timeouts,
 keep-alive, faults — is tested for real. Routes:
 
 ``POST /v1/chat/completions``, ``/chat/completions``  OpenAI chat completions
-``POST /v1/messages``                               Anthropic Messages
+``POST /v1/messages``, ``/v1/v1/messages``          Anthropic Messages (the second: the official
+                                                    Anthropic SDK given the printed ``.../v1``
+                                                    URL appends ``/v1/messages`` itself)
 ``GET  /v1/models``                                 the served aliases
 ``GET  /stats``                                     counters (see :meth:`SimServer.stats`)
 ``GET/POST/DELETE /_faults``                        read, replace, clear injected faults
@@ -12,6 +14,8 @@ keep-alive, faults — is tested for real. Routes:
 
 Answers follow ``models/sim.py`` (``simulate``) with the case's reference taken from the
 ``X-Selfopt-Reference`` header (400 without it: a real-provider config must not reach it).
+Streaming is not simulated: ``"stream": true`` is refused with a 400 that says so, in the
+shape of the API called, rather than answered with an empty stream.
 Cold starts are counted per server and model; latency is really slept, times ``time_scale``,
 which every response announces in ``X-Selfopt-Time-Scale`` (clients configured with the same
 ``time_scale`` check it and count time in the simulation's seconds).
@@ -37,10 +41,10 @@ from typing import Any
 
 import yaml
 
-from .base import REFERENCE_HEADER, TIME_SCALE_HEADER, Reference
-from .sim import SimBehaviour, simulate
-from .sim import create as create_sim
-from .simhttp import (
+from pytest_selfopt.models.base import REFERENCE_HEADER, TIME_SCALE_HEADER, Reference
+from pytest_selfopt.models.sim import SimBehaviour, simulate
+from pytest_selfopt.models.sim import create as create_sim
+from pytest_selfopt.models.simhttp import (
     FAULT_HEADER,
     Fault,
     ServerState,
@@ -52,6 +56,9 @@ from .simhttp import (
 )
 
 __all__ = ["FAULT_HEADER", "Fault", "SimServer", "load_sim_models", "main"]
+
+OPENAI_ROUTES = frozenset({"/v1/chat/completions", "/chat/completions"})
+ANTHROPIC_ROUTES = frozenset({"/v1/messages", "/v1/v1/messages"})
 
 
 class _Reject(Exception):
@@ -109,12 +116,12 @@ class _Handler(BaseHTTPRequestHandler):
         elif route == "/_reset":
             self.server.state.reset()
             self._json(200, {"reset": True})
-        elif route in ("/v1/chat/completions", "/chat/completions", "/v1/messages"):
+        elif route in OPENAI_ROUTES or route in ANTHROPIC_ROUTES:
             st = self.server.state
             st.bump("requests")
             st.bump("by_path", route)
             st.bump("in_flight")
-            anthropic = route == "/v1/messages"
+            anthropic = route in ANTHROPIC_ROUTES
             try:
                 self._api(route, raw, anthropic=anthropic)
             except _Reject as rej:
@@ -136,6 +143,12 @@ class _Handler(BaseHTTPRequestHandler):
             behaviour = st.behaviours.get(alias) if isinstance(alias, str) else None
         except ValueError:
             raise _Reject(400, "request body: expected JSON with a model") from None
+        if isinstance(body, dict) and body.get("stream"):
+            raise _Reject(
+                400,
+                '"stream": true is not supported: the selfopt simulator server does not '
+                'simulate streaming; send "stream": false (or leave it out)',
+            )
         if behaviour is None or not isinstance(alias, str):
             raise _Reject(404, f"model {alias!r} not served; serving {sorted(st.behaviours)}")
         st.bump("by_model", alias)
@@ -155,7 +168,10 @@ class _Handler(BaseHTTPRequestHandler):
             ra = {"Retry-After": fault.retry_after} if fault.retry_after else {}
             raise _Reject(fault.status, f"injected HTTP {fault.status}", ra)
         if fault is not None and fault.kind == "echo_headers":
-            return self._json(fault.status, echo_body(self.headers.items()))
+            return self._send(fault.status, echo_body(self.headers.items(), fault.encoding))
+        if fault is not None and fault.kind == "reply":
+            raw = fault.body if isinstance(fault.body, bytes) else (fault.body or "").encode()
+            return self._send(fault.status, raw, fault.content_type)
         if not ref_text:
             raise _Reject(
                 400,
@@ -234,7 +250,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.state.bump("statuses", str(status))
 
     def _json(self, status: int, data: Any) -> None:
-        self._send(status, json.dumps(data).encode())
+        self._send(status, json.dumps(data, default=str).encode())
 
     def _error(
         self, status: int, message: str, anthropic: bool, extra: Mapping[str, str] | None = None
@@ -343,7 +359,9 @@ class SimServer:
 
     @property
     def url(self) -> str:
-        """The OpenAI-style base URL (``.../v1``); Anthropic clients accept it too."""
+        """The base URL for every client: ``.../v1``. The ``openai`` and ``anthropic``
+        providers and the official OpenAI SDK use it as is; the official Anthropic SDK, which
+        appends ``/v1/messages`` itself, reaches ``/v1/v1/messages``, which is served too."""
         return f"{self.root}/v1"
 
     def stats(self) -> dict[str, Any]:
@@ -401,6 +419,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"selfopt sim-server: {where}{exc}", file=sys.stderr)
         return 2
     print(f"selfopt sim-server: serving {', '.join(sorted(models))} at {server.url}", flush=True)
+    print(
+        f"  use {server.url} as base_url for the openai and anthropic providers and for both "
+        f"official SDKs ({server.root} works for the Anthropic SDK too); streaming is not "
+        "simulated (stream: true gets a 400)",
+        flush=True,
+    )
     try:
         while True:
             time.sleep(3600)

@@ -1,0 +1,1 @@
+"""The pytest plugin: the only pytest-aware package."""

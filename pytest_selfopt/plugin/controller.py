@@ -1,0 +1,302 @@
+"""The controller side of a session: plans the cycle before collection, gathers samples from
+reports, and closes the cycle at the end (decide, write, report).
+
+Registered only in the main process (never in an xdist worker); the I/O around the pure loop
+is ``orchestrate``'s (docs/architecture.md, "pytest integration").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_selfopt.plugin import racing
+from pytest_selfopt.plugin.codec import Collected, payload_of
+from pytest_selfopt.plugin.items import CONFIG_ERROR_MARK, collection_error
+from pytest_selfopt.plugin.state import SessionState
+from pytest_selfopt.store.files import FilesError
+from pytest_selfopt.suite.config import find_config
+from pytest_selfopt.suite.yamlread import ConfigError
+
+if TYPE_CHECKING:
+    from pytest_selfopt.loop.policies import GatePolicy
+    from pytest_selfopt.loop.types import PhasePlan
+    from pytest_selfopt.plugin.orchestrate import Prepared
+
+#: Keys of ``workerinput`` (plain builtins over xdist's channel).
+SHIPMENT_KEY = "selfopt_shipment"
+CONFIG_PATH_KEY = "selfopt_config_path"
+CONFIG_ERROR_KEY = "selfopt_config_error"
+#: The name the controller is registered under (the ``selfopt loop`` probe reads ``prepared``).
+CONTROLLER_NAME = "selfopt_controller"
+
+
+class Controller:
+    def __init__(self, config: pytest.Config, state: SessionState) -> None:
+        self.config = config
+        self.state = state
+        self.prepared: Prepared | None = None
+        self.policy: GatePolicy | None = None
+        self.collected = Collected()
+        self.summary: list[str] = []
+        self.board: racing.RaceBoard | None = None
+        self.race_note: str | None = None
+        self.collection_errors: list[str] = []
+        self.sample_failures = 0
+
+    @property
+    def shipment(self) -> Any:
+        return self.state.shipment
+
+    def prepare(self) -> None:
+        """Read the suite and the committed files and plan the cycle (before collection)."""
+        config, state = self.config, self.state
+        state.config_path = find_config(config.rootpath, config.getini("selfopt_config") or None)
+        if state.config_path is None:
+            if state.measuring:
+                raise pytest.UsageError(
+                    "pytest-selfopt: no suite config found; create benchmarks/selfopt.yaml or "
+                    "set selfopt_config in your pytest ini"
+                )
+            return
+        from pytest_selfopt.plugin import orchestrate
+
+        try:
+            self.prepared = orchestrate.prepare(
+                state.config_path,
+                config.rootpath / config.getini("selfopt_baselines"),
+                selfopt=bool(config.getoption("selfopt")),
+                check=state.check,
+                runs=config.getoption("selfopt_runs"),
+                seed=config.getoption("selfopt_seed"),
+                plan_hook=self._plan_hook,
+            )
+        except (ConfigError, FilesError) as exc:
+            if state.measuring:
+                raise pytest.UsageError(str(exc)) from None
+            # A plain run: a broken suite must not break unrelated tests; every llm test
+            # fails with this message instead (SessionState.get_runner).
+            state.config_error = str(exc)
+            return
+        state.shipment = self.prepared.shipment
+        self.policy = self._policy(self.prepared.settings.policy)
+        if config.getoption("selfopt"):
+            after, settings = config.getoption("selfopt_race_after"), self.prepared.settings
+            self.board, self.race_note = racing.board_for(state.shipment, settings, after)
+            state.race = self.board
+
+    def _policy(self, name: str) -> GatePolicy:
+        """The suite's gate policy: a built-in one, or one a plugin's hook returned."""
+        from pytest_selfopt.loop.policies import builtin_policies
+
+        policies = builtin_policies()
+        extra: list[Mapping[str, GatePolicy] | None] = (
+            self.config.hook.pytest_selfopt_make_policies(config=self.config)
+        )
+        for found in extra:
+            policies.update(found or {})
+        if name not in policies:
+            assert self.state.config_path is not None
+            raise pytest.UsageError(
+                f"{self.state.config_path}: policy: unknown policy {name!r}; expected one of: "
+                f"{', '.join(sorted(policies))} (plugins add policies with the "
+                "pytest_selfopt_make_policies hook)"
+            )
+        return policies[name]
+
+    def _plan_hook(self, phase: str, state: Any, settings: Any) -> PhasePlan | None:
+        result: PhasePlan | None = self.config.hook.pytest_selfopt_generate_plan(
+            phase=phase, state=state, settings=settings
+        )
+        return result
+
+    # -- reports -------------------------------------------------------------------------
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed:
+            self.collection_errors.append(collection_error(report.nodeid, str(report.longrepr)))
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if not self.state.measuring:
+            return
+        payload = payload_of(report)
+        if payload is not None:
+            if payload.sample is not None:
+                sample = payload.sample
+                self.collected.add_sample(sample, report.nodeid, payload.unjudged)
+                self.sample_failures += not sample.passed
+                if self.board is not None:
+                    self.board.add_sample(sample)
+            if payload.test_bug is not None:
+                self.collected.test_bugs.append(payload.test_bug)
+            if payload.no_sample:
+                self.collected.no_sample.append(report.nodeid)
+            if payload.skipped is not None:
+                key = payload.skipped
+                as_tuple = (key.phase, key.spec_id, key.case_id, key.run)
+                self.collected.skipped.add(as_tuple)
+                if payload.raced:
+                    self.collected.raced.add(as_tuple)
+            if payload.race_items is not None and self.board is not None:
+                self.board.item_finished(*payload.race_items)
+        if report.when == "teardown":
+            self.collected.finished_items += 1
+
+    def pytest_report_teststatus(
+        self, report: pytest.TestReport, config: pytest.Config
+    ) -> tuple[str, str, str] | None:
+        """Samples are counted as samples, not as passed or failed tests."""
+        if not self.state.measuring or report.when != "call":
+            return None
+        payload = payload_of(report)
+        if payload is None or payload.sample is None:
+            return None
+        if payload.sample.passed:
+            return "samples", ".", "SAMPLE ok"
+        return "samples", "f", f"SAMPLE {payload.sample.error_kind or 'failed'}"
+
+    # -- end -----------------------------------------------------------------------------
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if not self.state.measuring or self.prepared is None:
+            return
+        if self.config.getoption("collectonly"):
+            return
+        self.close(session, exitstatus)
+        if self.sample_failures:
+            self.summary.append(
+                f"{self.sample_failures} of {len(self.collected.samples)} samples failed their "
+                "checks (data, not errors: the decisions above count them)"
+            )
+
+    def close(self, session: pytest.Session, exitstatus: int) -> None:
+        prepared = self.prepared
+        assert prepared is not None
+        problems = self.broken(session, exitstatus)
+        if problems:
+            self.summary = ["incomplete session, nothing written:", *(f"  {p}" for p in problems)]
+            if any(e.startswith(CONFIG_ERROR_MARK) for e in self.collection_errors):
+                session.exitstatus = pytest.ExitCode.USAGE_ERROR  # a bad cases file: bad input
+            elif session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            return
+        unjudged = self.collected.unjudged_functions()
+        notes = [
+            f"not judged, left out of the decisions: {function}: {count} sample(s) asked the "
+            "model and never judged the reply; call case.check(reply) (or "
+            "llm.record_restraint) in the test"
+            for function, count in unjudged.items()
+        ]
+        samples = self.collected.judged_samples()
+        if not samples:
+            self.summary = [
+                *notes,
+                "no sample recorded: no test used the llm fixture; nothing written"
+                if not unjudged
+                else "no judged sample: nothing decided, nothing written",
+            ]
+            session.exitstatus = (
+                pytest.ExitCode.NO_TESTS_COLLECTED if not unjudged else pytest.ExitCode.TESTS_FAILED
+            )
+            return
+        assert self.state.shipment is not None and self.policy is not None
+        plans = self.collected.plans(self.state.shipment)
+        option = self.config.getoption
+        report_path = _path(option("selfopt_report"))
+        from pytest_selfopt.plugin import orchestrate
+
+        if self.state.check:
+            checked = orchestrate.check(prepared, plans, samples, report_path=report_path)
+            self.summary = [*notes, *checked.lines]
+            regressed = checked.regressed or session.testsfailed
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED if regressed else pytest.ExitCode.OK
+            return
+        dry_run = bool(option("selfopt_dry_run"))
+        try:
+            finished = orchestrate.finish(
+                prepared,
+                plans,
+                samples,
+                policy=self.policy,
+                dry_run=dry_run,
+                report_path=report_path,
+                json_path=_path(option("selfopt_json")),
+                raced=self.board.raced if self.board else None,
+                notes=notes,
+            )
+        except FilesError as exc:
+            self.summary = [f"nothing written: {exc}"]
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            return
+        from pytest_selfopt.report.terminal import terminal_lines
+
+        width = max(self.config.get_terminal_writer().fullwidth, 80)
+        self.summary = [
+            *notes,
+            *terminal_lines(
+                finished.outcome, written=finished.written, dry_run=dry_run, width=width
+            ),
+        ]
+        if self.board is not None:
+            self.summary += self.board.summary_lines(self.collected.skipped, session.testscollected)
+        self.summary += [self.race_note] if self.race_note else []
+        self.summary += finished.power + finished.curve
+        self.config.hook.pytest_selfopt_cycle_complete(
+            outcome=finished.outcome, written=finished.written
+        )
+        # Ordinary tests keep their meaning: one that failed fails the session.
+        session.exitstatus = (
+            pytest.ExitCode.TESTS_FAILED if session.testsfailed else pytest.ExitCode.OK
+        )
+        if finished.undecided:
+            self.summary.append(
+                "could not decide (every sample errored): " + "; ".join(finished.undecided)
+            )
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def broken(self, session: pytest.Session, exitstatus: int) -> list[str]:
+        """Why this session's samples cannot make a cycle (empty: they can)."""
+        if self.collection_errors:  # each worker reports the same error: say it once
+            return [f"collection error: {e}" for e in dict.fromkeys(self.collection_errors)]
+        problems: list[str] = []
+        if exitstatus in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR):
+            problems.append(f"session ended with {pytest.ExitCode(exitstatus).name}")
+        dsession = self.config.pluginmanager.getplugin("dsession")
+        stop = session.shouldstop or session.shouldfail or getattr(dsession, "shouldstop", False)
+        if stop:
+            problems.append(f"session stopped early: {stop}")
+        if self.collected.test_bugs:  # named even when the session stopped early (-x)
+            problems = []
+        # Missing samples are only worth naming when the session itself ran to its end.
+        shipment = None if problems else self.state.shipment
+        return problems + self.collected.problems(session.testscollected, shipment)
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.summary:
+            terminalreporter.write_sep("=", "selfopt")
+            for line in self.summary:
+                terminalreporter.write_line(line)
+
+
+class ControllerXdist:
+    """xdist-only hooks, registered only when xdist is present (pytest-randomly's pattern)."""
+
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+
+    def pytest_configure_node(self, node: Any) -> None:
+        state = self.controller.state
+        if state.config_error is not None:
+            node.workerinput[CONFIG_ERROR_KEY] = state.config_error
+        if state.shipment is not None:
+            node.workerinput[SHIPMENT_KEY] = state.shipment.to_dict()
+            node.workerinput[CONFIG_PATH_KEY] = str(state.config_path)
+        if self.controller.board is not None:
+            path = self.controller.board.temp_file(self.controller.config.add_cleanup)
+            node.workerinput[racing.FILE_KEY] = str(path)
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None

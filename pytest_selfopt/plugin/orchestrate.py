@@ -1,0 +1,327 @@
+"""One cycle's I/O around the pure loop: read the committed files, plan, close, write, report.
+
+Kept out of ``plugin.py`` so that the plugin stays a thin layer of hooks and so that this
+sequence can be read (and tested) without pytest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pytest_selfopt.loop.cycle import close_cycle, plan_cycle
+from pytest_selfopt.loop.learn import history_entry, pending_from_history, tried_from_history
+from pytest_selfopt.loop.outcome import CycleOutcome
+from pytest_selfopt.loop.policies import GatePolicy
+from pytest_selfopt.loop.types import LoopSettings, LoopState, PhasePlan, Route, Sample
+from pytest_selfopt.plugin.codec import Shipment
+from pytest_selfopt.plugin.racing import RacedOut, RacedPolicy, decided_samples
+from pytest_selfopt.report.jsondoc import json_document
+from pytest_selfopt.report.markdown import check_markdown, markdown
+from pytest_selfopt.report.terminal import check_terminal_lines
+from pytest_selfopt.store import files
+from pytest_selfopt.suite.config import SuiteConfig, load_config
+
+#: The phase name a plan is computed under for phases first seen at collection.
+ANY_PHASE = "*"
+
+PlanHook = Callable[[str, LoopState, LoopSettings], PhasePlan | None]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything read and planned at the start of a session (controller only)."""
+
+    config: SuiteConfig
+    baselines_dir: Path
+    committed: files.CommittedState
+    state: LoopState
+    settings: LoopSettings
+    shipment: Shipment
+
+
+def check_against_config(
+    committed: files.CommittedState, config: SuiteConfig, folder: Path
+) -> None:
+    """Committed specs may only name models and variants the suite config defines: a
+    hand-edited or stale file is named here, before anything runs or is overwritten."""
+    where = [
+        ("baseline.yaml", f"phases.{phase}.spec", base.spec, ())
+        for phase, base in sorted(committed.baselines.items())
+    ] + [
+        ("routing.yaml", f"phases.{phase}", route.spec, route.fallbacks)
+        for phase, route in sorted(committed.routes.items())
+    ]
+    for name, key, spec, fallbacks in where:
+        for knob, value, known in (
+            ("model", spec.model, config.models),
+            ("variant", spec.variant, config.variants),
+            *(("fallbacks", model, config.models) for model in fallbacks),
+        ):
+            if value not in known:
+                raise files.FilesError(
+                    f"{relative(folder / name)}: {key}.{knob}: {value!r} is not defined in "
+                    f"{config.path.name} (expected one of: {', '.join(known)}); restore the "
+                    "file from git or add it to the config"
+                )
+
+
+def history_phases(history: Sequence[Mapping[str, Any]]) -> set[str]:
+    return {phase for entry in history for phase in entry.get("phases", {})}
+
+
+def prepare(
+    config_path: Path,
+    baselines_dir: Path,
+    *,
+    selfopt: bool,
+    check: bool = False,
+    runs: int | None = None,
+    seed: int | None = None,
+    plan_hook: PlanHook | None = None,
+) -> Prepared:
+    """Read config and committed files, and plan the cycle. Raises ConfigError/FilesError."""
+    config = load_config(config_path)
+    committed = files.read_state(baselines_dir)
+    check_against_config(committed, config, baselines_dir)
+    settings = config.loop_settings()
+    if runs is not None or seed is not None:
+        from dataclasses import replace
+
+        settings = replace(
+            settings,
+            runs=runs if runs is not None else settings.runs,
+            seed=seed if seed is not None else settings.seed,
+        )
+    history = committed.history
+    state = LoopState(
+        baselines=committed.baselines,
+        routes=committed.routes,
+        pending=pending_from_history(history),
+        tried=tried_from_history(history),
+        last_cycle=max((int(e.get("cycle", 0)) for e in history), default=0),
+    )
+    known = sorted(
+        set(committed.baselines)
+        | set(committed.routes)
+        | history_phases(history)
+        | {p.phase for p in state.pending}
+    )
+    plans: dict[str, PhasePlan] = {}
+    default_plan: PhasePlan | None = None
+    if check:
+        # Check mode measures what runs today (the routed spec of each phase), nothing else.
+        for phase in known:
+            route = committed.routes.get(phase)
+            base = committed.baselines.get(phase)
+            spec = route.spec if route else base.spec if base else settings.initial
+            plans[phase] = PhasePlan(phase, spec)
+        default_plan = PhasePlan(ANY_PHASE, settings.initial)
+    elif selfopt:
+        plans = dict(plan_cycle(state, settings, known))
+        default_plan = plan_cycle(state, settings, [ANY_PHASE])[ANY_PHASE]
+        if plan_hook is not None:
+            for phase in [*known, ANY_PHASE]:
+                custom = plan_hook(phase, state, settings)
+                if custom is None:
+                    continue
+                if phase == ANY_PHASE:
+                    default_plan = custom
+                else:
+                    plans[phase] = custom
+    routes: dict[str, Route] = dict(committed.routes)
+    for phase, base in committed.baselines.items():
+        routes.setdefault(
+            phase, Route(phase, base.spec, fallbacks_after(settings, base.spec.model))
+        )
+    default_route = Route(
+        ANY_PHASE, settings.initial, fallbacks_after(settings, settings.initial.model)
+    )
+    shipment = Shipment(
+        selfopt=selfopt or check,
+        runs=settings.runs,
+        seed=settings.seed,
+        plans=plans,
+        default_plan=default_plan,
+        routes=routes,
+        default_route=default_route,
+    )
+    return Prepared(config, baselines_dir, committed, state, settings, shipment)
+
+
+def fallbacks_after(settings: LoopSettings, model: str) -> tuple[str, ...]:
+    chain = settings.fallback_chain
+    if model in chain:
+        return tuple(chain[chain.index(model) + 1 :])
+    return tuple(m for m in chain if m != model)
+
+
+@dataclass(frozen=True)
+class Finished:
+    outcome: CycleOutcome
+    written: list[str]
+    undecided: list[str]  # specs whose every sample errored
+    markdown: str
+    power: list[str]  # per phase: the minimum detectable effect, and "underpowered" when so
+    curve: list[str]  # baseline accuracy over the cycles, this one included
+
+
+def power_lines(outcome: CycleOutcome, settings: LoopSettings) -> list[str]:
+    """Said out loud: the smallest gain each phase could detect, from its baseline's rates."""
+    from pytest_selfopt.loop.stats import minimum_detectable_effect, power_note
+
+    lines = []
+    for po in outcome.phases:
+        stats = po.stats.get(po.plan.baseline.id)
+        if stats is None or not stats.samples:
+            continue
+        k = max(len(po.plan.candidates), 1)
+        mde = minimum_detectable_effect(stats, k, settings.gates)
+        note = power_note(stats, k, settings.gates)
+        said = note or (
+            f"minimum detectable effect {mde * 100:+.1f} points "
+            f"({len(stats.case_ids)} prompts x {stats.runs} runs x {k} candidate(s))"
+        )
+        lines.append(f"power {po.phase}: {said}")
+    return lines
+
+
+def finish(
+    prepared: Prepared,
+    plans: Mapping[str, PhasePlan],
+    samples: Sequence[Sample],
+    *,
+    dry_run: bool,
+    report_path: Path | None = None,
+    json_path: Path | None = None,
+    policy: GatePolicy,
+    raced: Mapping[tuple[str, str], RacedOut] | None = None,
+    notes: Sequence[str] = (),
+) -> Finished:
+    """Close the cycle and write its files (unless a dry run). Raises FilesError on refusal.
+
+    ``raced``: candidates given up by racing, REJECTed on their runs up to the race
+    (``racing.py``); every sample still goes to ``json_path``."""
+    decided = decided_samples(samples, raced) if raced else list(samples)
+    if raced:
+        policy = RacedPolicy(policy, raced)
+    outcome = close_cycle(prepared.state, prepared.settings, plans, decided, policy=policy)
+    undecided = [
+        f"{po.phase}: {d.label}"
+        for po in outcome.phases
+        for d in po.decisions
+        if d.reason.startswith("HOLD: could not decide")
+    ]
+    baseline_stats = [po.stats.get(po.plan.baseline.id) for po in outcome.phases]
+    undecided += [
+        f"{st.phase}: baseline"
+        for st in baseline_stats
+        if st and st.samples and st.errored == st.samples
+    ]
+    written: list[str] = []
+    entry = history_entry(outcome)
+    if not dry_run:
+        changed = files.write_cycle(
+            prepared.baselines_dir,
+            baselines={
+                **prepared.committed.baselines,
+                **{p.phase: p.baseline_after for p in outcome.phases},
+            },
+            routes={
+                **prepared.committed.routes,
+                **{p.phase: p.route_after for p in outcome.phases},
+            },
+            history_entry=entry,
+            audit=outcome.audit,
+            expected_baseline_sha256=prepared.committed.baseline_sha256,
+            git_commit=files.git_commit(prepared.baselines_dir),
+        )
+        written = [relative(p) for p in changed]
+    history = [*prepared.committed.history, entry]
+    text = markdown(outcome, history=history, written=written, dry_run=dry_run)
+    if notes:  # said first: samples were left out of the decisions
+        text = "\n".join(f"> **Note:** {n}  " for n in notes) + "\n\n" + text
+    if report_path is not None:
+        write_report(text, report_path)
+    if json_path is not None:
+        doc = json_document(outcome, [s.to_dict() for s in samples])
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    from pytest_selfopt.report.history import curve_lines
+
+    curve = ["baseline accuracy (median run accuracy), start -> after each cycle:"]
+    curve += [f"  {line}" for line in curve_lines(history)]
+    return Finished(
+        outcome, written, undecided, text, power_lines(outcome, prepared.settings), curve
+    )
+
+
+def write_report(text: str, path: Path) -> None:
+    """The Markdown report at ``path``, and appended to GitHub's step summary when set."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+
+
+def relative(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+@dataclass(frozen=True)
+class Checked:
+    lines: list[str]
+    markdown: str
+    regressed: bool
+
+
+def check(
+    prepared: Prepared,
+    plans: Mapping[str, PhasePlan],
+    samples: Sequence[Sample],
+    *,
+    report_path: Path | None = None,
+) -> Checked:
+    """``--selfopt-check``: the routed spec of each phase against the committed baseline."""
+    from pytest_selfopt.loop.evaluate import evaluate
+    from pytest_selfopt.loop.regress import check_regression
+
+    stats = evaluate(list(samples))
+    history = prepared.committed.history
+    last_patterns: Mapping[str, Any] = {}
+    results = []
+    notes: list[str] = []
+    for phase, plan in sorted(plans.items()):
+        measured = stats.get((phase, plan.baseline.id))
+        committed = prepared.committed.baselines.get(phase)
+        if measured is None:
+            continue
+        if committed is None or committed.metrics is None:
+            notes.append(f"{phase}: no measured baseline committed yet; nothing to compare")
+            continue
+        for entry in reversed(history):
+            rec = entry.get("phases", {}).get(phase)
+            if rec and committed.spec.id in rec.get("patterns", {}):
+                last_patterns = rec["patterns"][committed.spec.id]
+                break
+        else:
+            last_patterns = {}
+        results.append(
+            check_regression(
+                phase, committed, measured, last_patterns or None, prepared.settings.gates
+            )
+        )
+    lines = check_terminal_lines(results, notes=notes)
+    text = check_markdown(results, notes=notes)
+    if report_path is not None:
+        write_report(text, report_path)
+    return Checked(lines, text, any(r.regressed for r in results))

@@ -1,0 +1,157 @@
+"""The worker side of a session: collects the ``llm`` items over (spec, run), orders them,
+skips raced-out ones, and puts each item's sample on its report.
+
+Registered in every process that runs items: each xdist worker, and the main process of a
+session without xdist (docs/architecture.md, "pytest integration"). It never decides
+anything: the controller does, from the reports.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections import Counter
+from collections.abc import Generator
+from typing import Any
+
+import pytest
+
+from pytest_selfopt.plugin.codec import ItemKey, ReportPayload, TestBug, attach, points
+from pytest_selfopt.plugin.items import case_of, module_phase, phase_of, point_of
+from pytest_selfopt.plugin.llm import LLM, TransportError
+from pytest_selfopt.plugin.state import LLM_KEY, SessionState
+from pytest_selfopt.suite.cases import Case
+
+#: Fields of a sample shown as ``--junitxml`` properties, for people reading CI results.
+JUNIT_FIELDS = (
+    "phase", "spec_id", "case_id", "run", "passed", "error_kind", "latency_s",
+    "total_latency_s", "attempts", "restraint", "input_tokens", "output_tokens", "model",
+    "worker",
+)  # fmt: skip
+
+RACE_COUNT_KEY = pytest.StashKey[tuple[str, str, int, int]]()
+RACED_KEY = pytest.StashKey[bool]()
+
+
+def worker_id() -> str:
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+class Worker:
+    def __init__(self, state: SessionState) -> None:
+        self.state = state
+
+    # -- collection ----------------------------------------------------------------------
+    @pytest.hookimpl(trylast=True)
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        shipment = self.state.shipment
+        if "llm" not in metafunc.fixturenames or not self.state.measuring or shipment is None:
+            return
+        try:
+            phase = phase_of(metafunc.definition) or module_phase(metafunc.definition)
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        plan = shipment.plan_for(phase)
+        if plan is not None:
+            params = points(plan, shipment.runs)
+            metafunc.parametrize("selfopt_point", params, ids=[p.id for p in params])
+
+    def pytest_make_parametrize_id(self, config: pytest.Config, val: object) -> str | None:
+        return val.id if isinstance(val, Case) else None
+
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        """Run-major, specs interleaved: drift over the session hits every spec alike."""
+        if not self.state.measuring:
+            return
+        groups: dict[str, int] = {}
+
+        def key(pair: tuple[int, pytest.Item]) -> tuple[int, int, int, int]:
+            position, item = pair
+            point = point_of(item)
+            if point is None:
+                return (0, 0, 0, position)
+            group = groups.setdefault(item.nodeid.replace(f"-{point.id}]", "]"), len(groups))
+            return (point.run, group, point.index, position)
+
+        items[:] = [item for _, item in sorted(enumerate(items), key=key)]
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        """Racing: each item says how many items its (phase, spec, run) has (after -k
+        deselection), so the controller knows when a run is complete, even under xdist."""
+        if self.state.race is None:
+            return
+        keys = {
+            item: (p.phase, p.spec.id, p.run) for item in session.items if (p := point_of(item))
+        }
+        counts = Counter(keys.values())
+        for item, (phase, spec_id, run) in keys.items():
+            item.stash[RACE_COUNT_KEY] = (phase, spec_id, run, counts[(phase, spec_id, run)])
+
+    # -- running -------------------------------------------------------------------------
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        """A raced-out candidate's item is skipped before any fixture or model call."""
+        race = self.state.race
+        point = point_of(item) if race is not None else None
+        if point and race and (why := race.reason_for(point.phase, point.spec.id)):
+            item.stash[RACED_KEY] = True
+            pytest.skip(why)
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, Any, None]:
+        outcome = yield
+        report: pytest.TestReport = outcome.get_result()
+        point = point_of(item)
+        if call.when == "setup" and report.skipped and point is not None:
+            case = case_of(item)
+            key = ItemKey(point.phase, point.spec.id, case.id if case else "-", point.run)
+            attach(report, ReportPayload(skipped=key, raced=item.stash.get(RACED_KEY, False)))
+        if call.when == "teardown" and RACE_COUNT_KEY in item.stash:
+            attach(report, ReportPayload(race_items=item.stash[RACE_COUNT_KEY]))
+        llm = item.stash.get(LLM_KEY, None)
+        if call.when == "call" and llm is not None:
+            self._sample(item, call, report, llm)
+
+    def _sample(
+        self, item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport, llm: LLM
+    ) -> None:
+        failure = call.excinfo.value if call.excinfo is not None else None
+        if failure is not None and not isinstance(failure, AssertionError | TransportError):
+            if isinstance(failure, pytest.skip.Exception | pytest.xfail.Exception):
+                return
+            # A bug in the test, not a property of the model: the cycle must not score it.
+            attach(report, ReportPayload(test_bug=_test_bug(item, call)))
+            return
+        sample = llm.sample(passed=report.passed, failure=failure, worker=worker_id())
+        if sample is None:
+            attach(report, ReportPayload(no_sample=True))
+            return
+        judged = llm.check is not None or llm.explicit_restraint is not None
+        judged = judged or isinstance(failure, AssertionError)
+        attach(report, ReportPayload(sample=sample, unjudged=not judged))
+        if self.state.measuring:
+            # Under --selfopt a failed reply check is data, not a broken test: the report
+            # passes (pytest's closing line and --junitxml count tests, not samples) and the
+            # controller's summary says how many samples failed (docs/architecture.md).
+            report.outcome = "passed"
+            report.longrepr = None
+        # junitxml writes the *teardown* report's properties, copied from the item's.
+        for name in JUNIT_FIELDS:
+            item.user_properties.append((f"selfopt.{name}", getattr(sample, name)))
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self) -> None:
+        self.state.close()
+
+
+def _test_bug(item: pytest.Item, call: pytest.CallInfo[None]) -> TestBug:
+    assert call.excinfo is not None
+    exc = call.excinfo.value
+    text = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:300]
+    frames = traceback.extract_tb(call.excinfo.tb)
+    path = str(item.path)
+    mine = [f for f in frames if f.filename == path] or frames
+    where = f"{os.path.relpath(mine[-1].filename)}:{mine[-1].lineno}" if mine else item.nodeid
+    return TestBug(item.nodeid, text, where)

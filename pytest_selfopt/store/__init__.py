@@ -1,0 +1,1 @@
+"""The committed files in baselines/: formats, reading, writing."""

@@ -1,0 +1,1 @@
+"""The simulation study (selfopt simulate)."""

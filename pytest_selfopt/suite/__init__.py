@@ -1,0 +1,1 @@
+"""The user's suite: config, cases, reply checks, YAML reading, credentials."""
