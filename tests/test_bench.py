@@ -1,4 +1,4 @@
-"""Hot paths under pytest-benchmark (DESIGN.md §11). Figures: `pytest tests/test_bench.py`.
+"""Hot paths under pytest-benchmark (docs/performance.md). Figures: `pytest tests/test_bench.py`.
 
 Each benchmark also asserts its result, so it is a test that can fail; none asserts speed.
 """
@@ -14,6 +14,8 @@ from suites import copy_example
 
 from pytest_selfopt.loop.cycle import close_cycle, plan_cycle
 from pytest_selfopt.loop.evaluate import SampleColumns, evaluate
+from pytest_selfopt.loop.policies import builtin_policies
+from pytest_selfopt.loop.policies.base import GatePolicy
 from pytest_selfopt.loop.spec import Spec
 from pytest_selfopt.loop.types import GateSettings, LoopSettings, LoopState, Sample, SearchSpace
 from pytest_selfopt.store import files
@@ -30,6 +32,10 @@ SETTINGS = LoopSettings(
     runs=7,
     seed=0,
 )
+
+
+def POLICY_OF(settings: LoopSettings) -> GatePolicy:  # noqa: N802
+    return builtin_policies()[settings.policy]
 
 
 def synthetic_samples(plans: dict[str, Any], cases: int, runs: int) -> list[Sample]:
@@ -83,7 +89,7 @@ def test_bench_sample_round_trip(benchmark: Any) -> None:
 
 def test_bench_write_cycle(benchmark: Any, big_cycle: Any, tmp_path: Path) -> None:
     state, plans, samples = big_cycle
-    outcome = close_cycle(state, SETTINGS, plans, samples[:5000])
+    outcome = close_cycle(state, SETTINGS, plans, samples[:5000], policy=POLICY_OF(SETTINGS))
     from pytest_selfopt.loop.learn import history_entry
 
     entry = history_entry(outcome)

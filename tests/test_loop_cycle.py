@@ -13,6 +13,8 @@ from pytest_selfopt.loop.cycle import close_cycle, plan_cycle
 from pytest_selfopt.loop.evaluate import SampleColumns
 from pytest_selfopt.loop.learn import history_entry, pending_from_history, tried_from_history
 from pytest_selfopt.loop.outcome import CycleOutcome, PhaseOutcome
+from pytest_selfopt.loop.policies import builtin_policies
+from pytest_selfopt.loop.policies.base import GatePolicy
 from pytest_selfopt.loop.spec import Spec
 from pytest_selfopt.loop.types import (
     HOLD,
@@ -54,6 +56,10 @@ HAIKU = INITIAL.with_knob("model", "claude-haiku")
 HAIKU_WARM = HAIKU.with_knob("warmup", True)
 
 Outcome = Callable[[str, Spec, int, int, str], tuple[bool, str | None]]
+
+
+def POLICY_OF(settings: LoopSettings) -> GatePolicy:  # noqa: N802
+    return builtin_policies()[settings.policy]
 
 
 def example_model(cold_calls: Mapping[str, int]) -> Outcome:
@@ -130,7 +136,11 @@ def run_example(
     for _ in range(3):
         plans = plan_cycle(state, SETTINGS, PHASES)
         out = close_cycle(
-            state, SETTINGS, plans, run_plans(plans, example_model(cold_calls), workers)
+            state,
+            SETTINGS,
+            plans,
+            run_plans(plans, example_model(cold_calls), workers),
+            policy=POLICY_OF(SETTINGS),
         )
         outcomes.append(out)
         state = next_state(history, out)
@@ -275,8 +285,10 @@ def test_close_cycle_accepts_columns_and_holds_specs_without_samples() -> None:
         for s in run_plans(plans, example_model({}))
         if s.spec_id != plans["atomic"].candidates[-1].spec.id
     ]
-    from_list = close_cycle(state, SETTINGS, plans, samples)
-    from_cols = close_cycle(state, SETTINGS, plans, SampleColumns.from_samples(samples))
+    from_list = close_cycle(state, SETTINGS, plans, samples, policy=POLICY_OF(SETTINGS))
+    from_cols = close_cycle(
+        state, SETTINGS, plans, SampleColumns.from_samples(samples), policy=POLICY_OF(SETTINGS)
+    )
     assert from_list == from_cols
     last = from_list.phases[0].decisions[-1]
     assert last.verdict == HOLD and last.reason.startswith("could not decide: no samples")
@@ -286,7 +298,9 @@ def test_close_cycle_accepts_columns_and_holds_specs_without_samples() -> None:
 def test_pending_of_other_phases_and_beyond_the_cap_is_carried_over() -> None:
     state0 = LoopState(baselines={}, routes={})
     plans0 = plan_cycle(state0, SETTINGS, PHASES)
-    c1 = close_cycle(state0, SETTINGS, plans0, run_plans(plans0, example_model({})))
+    c1 = close_cycle(
+        state0, SETTINGS, plans0, run_plans(plans0, example_model({})), policy=POLICY_OF(SETTINGS)
+    )
     narrow = LoopSettings(**{**SETTINGS.__dict__, "max_candidates": 0})
     warm = INITIAL.with_knob("warmup", True)
     rec = Recommendation("atomic", "enable_warmup", "warmup", True, INITIAL.id, "why")
@@ -294,13 +308,17 @@ def test_pending_of_other_phases_and_beyond_the_cap_is_carried_over() -> None:
     state1 = LoopState(baselines={}, routes={}, pending=waiting, tried=(), last_cycle=1)
     plans = plan_cycle(state1, narrow, ["atomic"])  # extended not planned at all
     assert plans["atomic"].candidates == ()  # no room under the cap
-    c2 = close_cycle(state1, narrow, plans, run_plans(plans, example_model({})))
+    c2 = close_cycle(
+        state1, narrow, plans, run_plans(plans, example_model({})), policy=POLICY_OF(narrow)
+    )
     assert [(p.phase, p.spec, p.proposed_in_cycle) for p in c2.pending] == [
         ("atomic", warm, 1),
         ("extended", HAIKU, 1),
     ]
     plans = plan_cycle(state1, narrow, PHASES)
-    c2 = close_cycle(state1, narrow, plans, run_plans(plans, example_model({})))
+    c2 = close_cycle(
+        state1, narrow, plans, run_plans(plans, example_model({})), policy=POLICY_OF(narrow)
+    )
     # extended's baseline is re-diagnosed: the same route again, fresh evidence, no duplicate
     assert [(p.phase, p.spec, p.proposed_in_cycle) for p in c2.pending] == [
         ("atomic", warm, 1),

@@ -9,13 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_selfopt.loop.decide import (
-    POLICIES,
-    PairedPolicy,
-    SeedPolicy,
-    get_policy,
-    pick_winner,
-)
+from pytest_selfopt.loop.decide import pick_winner
+from pytest_selfopt.loop.policies import builtin_policies
+from pytest_selfopt.loop.policies.paired import PairedPolicy
+from pytest_selfopt.loop.policies.seed import SeedPolicy
 from pytest_selfopt.loop.spec import Spec
 from pytest_selfopt.loop.types import (
     HOLD,
@@ -186,12 +183,13 @@ def test_decides_every_candidate_in_order() -> None:
     assert decisions[0].label == cs[0].spec.id  # no label given: the spec id
 
 
-def test_policy_registry() -> None:
-    assert isinstance(get_policy("seed"), SeedPolicy)
-    assert POLICIES["seed"].name == "seed"
-    assert isinstance(get_policy("paired"), PairedPolicy) and POLICIES["paired"].name == "paired"
-    with pytest.raises(KeyError, match="known policies: paired, seed"):
-        get_policy("bonferroni")
+def test_builtin_policies_are_fresh_objects_not_a_registry() -> None:
+    first, second = builtin_policies(), builtin_policies()
+    assert isinstance(first["seed"], SeedPolicy) and first["seed"].name == "seed"
+    assert isinstance(first["paired"], PairedPolicy) and first["paired"].name == "paired"
+    first["mine"] = first.pop("seed")
+    assert sorted(second) == ["paired", "seed"] and sorted(builtin_policies()) == ["paired", "seed"]
+    assert first["paired"] is not second["paired"]
 
 
 def _decision(spec_id: str, verdict: str = PROMOTE) -> Decision:

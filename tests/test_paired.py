@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytest_selfopt.loop import stats as paired
-from pytest_selfopt.loop.decide import PairedPolicy, get_policy
 from pytest_selfopt.loop.evaluate import evaluate
+from pytest_selfopt.loop.policies import builtin_policies
+from pytest_selfopt.loop.policies.paired import PairedPolicy
 from pytest_selfopt.loop.spec import Spec
 from pytest_selfopt.loop.types import (
     HOLD,
@@ -231,7 +232,7 @@ def test_equal_candidate_is_rarely_promoted() -> None:
 
 
 def test_registry() -> None:
-    assert get_policy("paired").name == "paired"
+    assert builtin_policies()["paired"].name == "paired"
 
 
 # --- effect, power, racing ----------------------------------------------------------------

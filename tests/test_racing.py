@@ -16,8 +16,8 @@ import pytest
 from suites import copy_example, decisions, history, recommendations
 
 from pytest_selfopt.loop import stats as paired
-from pytest_selfopt.loop.decide import POLICIES, SeedPolicy, get_policy
 from pytest_selfopt.loop.evaluate import evaluate
+from pytest_selfopt.loop.policies.seed import SeedPolicy
 from pytest_selfopt.loop.spec import Spec
 from pytest_selfopt.loop.types import REJECT, Candidate, GateSettings, PhasePlan, Sample, SpecStats
 from pytest_selfopt.plugin import racing
@@ -244,19 +244,13 @@ def test_raced_policy_rejects_with_the_race_reason_and_is_restored() -> None:
     labels = {SAME.id: "retries=2", BETTER.id: "variant=better"}
     cands = [(PLAN.candidates[0], same), (PLAN.candidates[1], better)]
     plain = SeedPolicy().decide("p", base, cands, GATES, labels)
-    with racing.racing_policy("seed", raced):
-        policy = get_policy("seed")
-        assert isinstance(policy, racing.RacedPolicy) and policy.name == "seed"
-        got = policy.decide("p", base, cands, GATES, labels)
-    assert get_policy("seed") is POLICIES["seed"] and not isinstance(
-        POLICIES["seed"], racing.RacedPolicy
-    )
+    inner = SeedPolicy()
+    policy = racing.RacedPolicy(inner, raced)
+    assert policy.name == "seed" and policy.inner is inner  # wrapped, nothing replaced
+    got = policy.decide("p", base, cands, GATES, labels)
     assert got[0].verdict == REJECT and got[0].reason == out.decision_reason
     assert got[0].gates == plain[0].gates  # the policy's own numbers are kept
     assert got[1] == plain[1]
-    with pytest.raises(RuntimeError), racing.racing_policy("seed", raced):
-        raise RuntimeError
-    assert not isinstance(POLICIES["seed"], racing.RacedPolicy)
 
 
 # -- real sessions ---------------------------------------------------------------------------

@@ -17,6 +17,8 @@ from pytest_selfopt.loop.cycle import close_cycle, plan_cycle
 from pytest_selfopt.loop.generate import cooling_down
 from pytest_selfopt.loop.learn import history_entry, pending_from_history, tried_from_history
 from pytest_selfopt.loop.outcome import CycleOutcome
+from pytest_selfopt.loop.policies import builtin_policies
+from pytest_selfopt.loop.policies.base import GatePolicy
 from pytest_selfopt.loop.screen import CONFIRM_ACTION, SCREEN, screen, screen_plan
 from pytest_selfopt.loop.spec import Spec
 from pytest_selfopt.loop.types import (
@@ -55,9 +57,13 @@ SEARCH = SearchSpace(
     )
 )
 CASES = tuple(f"case{i}" for i in range(6))
-ITEM = re.compile(r"^(?:PASSED|FAILED) \S+\[\S+-(baseline|[a-z_]+=[^-\]]+)-r(\d+)\]")
+ITEM = re.compile(r"^\S+\[\S+-(baseline|[a-z_]+=[^-\]]+)-r(\d+)\] SAMPLE")
 ATOMIC = BASE.with_knob("variant", "atomic")
 HAIKU = BASE.with_knob("model", "claude-haiku")
+
+
+def POLICY_OF(settings: LoopSettings) -> GatePolicy:  # noqa: N802
+    return builtin_policies()[settings.policy]
 
 
 def settings(screen_runs: int = 3, policy: str = "seed", **kw: Any) -> LoopSettings:
@@ -157,7 +163,9 @@ def test_shipment_round_trip_keeps_the_screened_runs() -> None:
 
 def test_the_leader_is_held_the_others_screened_out_and_nothing_promoted() -> None:
     plans = plan_cycle(LoopState({}, {}), settings(3), ["atomic"])
-    out = close_cycle(LoopState({}, {}), settings(3), plans, run(plans))
+    out = close_cycle(
+        LoopState({}, {}), settings(3), plans, run(plans), policy=POLICY_OF(settings(3))
+    )
     (atomic,) = out.phases
     verdicts = {d.label: (d.verdict, d.reason) for d in atomic.decisions}
     assert verdicts["variant=atomic"] == (
@@ -183,7 +191,7 @@ def test_the_leader_is_confirmed_next_cycle_on_all_runs_and_promoted() -> None:
     state = LoopState({}, {})
     for _ in range(2):
         plans = plan_cycle(state, settings(3), ["atomic"])
-        out = close_cycle(state, settings(3), plans, run(plans))
+        out = close_cycle(state, settings(3), plans, run(plans), policy=POLICY_OF(settings(3)))
         state = advance(state, out, entries)
     (atomic,) = out.phases
     # the screened-out ones cool down; the leader is a pending candidate, not screened
@@ -199,7 +207,7 @@ def test_the_leader_is_confirmed_next_cycle_on_all_runs_and_promoted() -> None:
 def test_nobody_leads_without_beating_the_baseline() -> None:
     plans = plan_cycle(LoopState({}, {}), settings(3), ["atomic"])
     samples = [s if s.spec_id == BASE.id else replace(s, passed=False) for s in run(plans)]
-    out = close_cycle(LoopState({}, {}), settings(3), plans, samples)
+    out = close_cycle(LoopState({}, {}), settings(3), plans, samples, policy=POLICY_OF(settings(3)))
     assert {d.verdict for d in out.phases[0].decisions} == {REJECT}
     assert all("nobody beat the baseline" in d.reason for d in out.phases[0].decisions)
     assert out.pending == ()
@@ -218,13 +226,13 @@ def test_ties_go_to_plan_order_and_only_runs_1_to_k_count() -> None:
             for s in plan.specs[1:] for c in ("x", "y") for r in (1, 2)]  # fmt: skip
     # a late run never counts for the screening (a sample past run k would be ignored)
     cand.append(Sample("a", plan.specs[3].id, "y", 5, True, None, 1.0, 1.0, 1, None))
-    from pytest_selfopt.loop.decide import get_policy
     from pytest_selfopt.loop.evaluate import evaluate
+    from pytest_selfopt.loop.policies import builtin_policies
 
     stats = {sid: s for (_, sid), s in evaluate([*base, *cand]).items()}
     labels = {c.spec.id: c.spec.label(BASE) for c in plan.candidates}
     pairs = [(c, stats[c.spec.id]) for c in plan.candidates]
-    decided = get_policy("seed").decide("a", stats[BASE.id], pairs, GateSettings(), labels)
+    decided = builtin_policies()["seed"].decide("a", stats[BASE.id], pairs, GateSettings(), labels)
     result = screen(plan, stats, decided, 7)
     assert [d.verdict for d in result.decisions] == [HOLD, REJECT, REJECT]
     assert result.leader is not None and result.leader.spec == plan.specs[1]
@@ -245,7 +253,7 @@ def test_screened_candidates_do_not_widen_the_pending_ones_holm_family() -> None
     state = LoopState({}, {}, pending=(PendingCandidate("atomic", HAIKU, rec, 1),), last_cycle=1)
     s = settings(3, policy="paired", max_candidates=4)
     plans = plan_cycle(state, s, ["atomic"])
-    out = close_cycle(state, s, plans, run(plans))
+    out = close_cycle(state, s, plans, run(plans), policy=POLICY_OF(s))
     first = out.phases[0].decisions[0]
     assert first.label == "model=claude-haiku"
     assert "holm over 1:" in next(g.detail for g in first.gates if g.name == "improvement")
@@ -272,7 +280,7 @@ def test_example_screens_then_confirms_variant_in_a_real_session(
 ) -> None:
     gates = {"min_samples": 3, "max_variance": 0.0025, "min_restraint": 0.8, "screen_runs": 3}
     copy_example(pytester, gates=gates, max_candidates=4)
-    args = ("--selfopt", "-p", "no:cacheprovider", "-rA", "benchmarks")
+    args = ("--selfopt", "-p", "no:cacheprovider", "-v", "benchmarks")
     first = pytester.runpytest_subprocess(*args)
     assert first.ret == 0, first.stdout.str()
     out = first.stdout.str()

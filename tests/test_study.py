@@ -9,7 +9,7 @@ import pytest
 from test_paired import CAND, decide, stats_from
 
 from pytest_selfopt.loop import stats as paired
-from pytest_selfopt.loop.decide import SeedPolicy
+from pytest_selfopt.loop.policies.seed import SeedPolicy
 from pytest_selfopt.loop.types import PROMOTE, Candidate, GateSettings
 from pytest_selfopt.study import simulate as study
 

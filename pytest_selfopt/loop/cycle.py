@@ -19,13 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from pytest_selfopt.loop.decide import GatePolicy, get_policy
 from pytest_selfopt.loop.diagnose import diagnose, recommend
 from pytest_selfopt.loop.enforce import enforce
 from pytest_selfopt.loop.evaluate import SampleColumns, as_columns, empty_stats, evaluate
 from pytest_selfopt.loop.generate import cooling_down, generate
 from pytest_selfopt.loop.learn import learn
 from pytest_selfopt.loop.outcome import CycleOutcome, PhaseOutcome
+from pytest_selfopt.loop.policies.base import GatePolicy
 from pytest_selfopt.loop.screen import CONFIRM_ACTION, screen, screened
 from pytest_selfopt.loop.types import (
     HOLD,
@@ -76,11 +76,12 @@ def close_cycle(
     settings: LoopSettings,
     plans: Mapping[str, PhasePlan],
     samples: Sequence[Sample] | SampleColumns,
+    *,
+    policy: GatePolicy,
 ) -> CycleOutcome:
     """Decide, diagnose, learn and enforce every planned phase from this cycle's samples."""
     cycle = state.last_cycle + 1
     all_stats = evaluate(as_columns(samples))
-    policy = get_policy(settings.policy)
     outcomes: list[PhaseOutcome] = []
     pending: list[PendingCandidate] = []
     audit: list[AuditRecord] = []

@@ -22,7 +22,7 @@ from pytest_selfopt.suite.config import find_config
 from pytest_selfopt.suite.yamlread import ConfigError
 
 if TYPE_CHECKING:
-    from pytest_selfopt.loop.policies import GatePolicy
+    from pytest_selfopt.loop.policies.base import GatePolicy
     from pytest_selfopt.loop.types import PhasePlan
     from pytest_selfopt.plugin.orchestrate import Prepared
 
@@ -164,14 +164,14 @@ class Controller:
             return
         if self.config.getoption("collectonly"):
             return
-        self.close(session, exitstatus)
-        if self.sample_failures:
+        if self.close(session, exitstatus) and self.sample_failures:
             self.summary.append(
                 f"{self.sample_failures} of {len(self.collected.samples)} samples failed their "
                 "checks (data, not errors: the decisions above count them)"
             )
 
-    def close(self, session: pytest.Session, exitstatus: int) -> None:
+    def close(self, session: pytest.Session, exitstatus: int) -> bool:
+        """Close the cycle; False when nothing was decided."""
         prepared = self.prepared
         assert prepared is not None
         problems = self.broken(session, exitstatus)
@@ -181,7 +181,7 @@ class Controller:
                 session.exitstatus = pytest.ExitCode.USAGE_ERROR  # a bad cases file: bad input
             elif session.exitstatus == pytest.ExitCode.OK:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
-            return
+            return False
         unjudged = self.collected.unjudged_functions()
         notes = [
             f"not judged, left out of the decisions: {function}: {count} sample(s) asked the "
@@ -200,7 +200,7 @@ class Controller:
             session.exitstatus = (
                 pytest.ExitCode.NO_TESTS_COLLECTED if not unjudged else pytest.ExitCode.TESTS_FAILED
             )
-            return
+            return False
         assert self.state.shipment is not None and self.policy is not None
         plans = self.collected.plans(self.state.shipment)
         option = self.config.getoption
@@ -212,7 +212,7 @@ class Controller:
             self.summary = [*notes, *checked.lines]
             regressed = checked.regressed or session.testsfailed
             session.exitstatus = pytest.ExitCode.TESTS_FAILED if regressed else pytest.ExitCode.OK
-            return
+            return False
         dry_run = bool(option("selfopt_dry_run"))
         try:
             finished = orchestrate.finish(
@@ -229,7 +229,7 @@ class Controller:
         except FilesError as exc:
             self.summary = [f"nothing written: {exc}"]
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
-            return
+            return False
         from pytest_selfopt.report.terminal import terminal_lines
 
         width = max(self.config.get_terminal_writer().fullwidth, 80)
@@ -255,6 +255,7 @@ class Controller:
                 "could not decide (every sample errored): " + "; ".join(finished.undecided)
             )
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        return True
 
     def broken(self, session: pytest.Session, exitstatus: int) -> list[str]:
         """Why this session's samples cannot make a cycle (empty: they can)."""

@@ -13,7 +13,7 @@ import pytest
 
 if TYPE_CHECKING:
     from pytest_selfopt.loop.outcome import CycleOutcome
-    from pytest_selfopt.loop.policies import GatePolicy
+    from pytest_selfopt.loop.policies.base import GatePolicy
     from pytest_selfopt.loop.types import LoopSettings, LoopState, PhasePlan
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from pytest_selfopt.loop.cycle import close_cycle, plan_cycle
 from pytest_selfopt.loop.learn import history_entry, pending_from_history, tried_from_history
 from pytest_selfopt.loop.outcome import CycleOutcome
-from pytest_selfopt.loop.policies import GatePolicy
+from pytest_selfopt.loop.policies.base import GatePolicy
 from pytest_selfopt.loop.types import LoopSettings, LoopState, PhasePlan, Route, Sample
 from pytest_selfopt.plugin.codec import Shipment
 from pytest_selfopt.plugin.racing import RacedOut, RacedPolicy, decided_samples

@@ -55,7 +55,7 @@ from pytest_selfopt.loop.types import (
 )
 
 if TYPE_CHECKING:  # numpy-backed: imported where used, so plain pytest runs stay light
-    from pytest_selfopt.loop.policies import GatePolicy
+    from pytest_selfopt.loop.policies.base import GatePolicy
     from pytest_selfopt.plugin.codec import Shipment
 
 #: Item user property: ``[phase, spec id, run, items of that (phase, spec, run)]``.

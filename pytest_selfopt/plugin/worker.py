@@ -104,7 +104,7 @@ class Worker:
         outcome = yield
         report: pytest.TestReport = outcome.get_result()
         point = point_of(item)
-        if call.when == "setup" and report.skipped and point is not None:
+        if call.when in ("setup", "call") and report.skipped and point is not None:
             case = case_of(item)
             key = ItemKey(point.phase, point.spec.id, case.id if case else "-", point.run)
             attach(report, ReportPayload(skipped=key, raced=item.stash.get(RACED_KEY, False)))
