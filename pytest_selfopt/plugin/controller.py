@@ -7,6 +7,8 @@ is ``orchestrate``'s (docs/architecture.md, "pytest integration").
 
 from __future__ import annotations
 
+import json
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +20,16 @@ from pytest_selfopt.plugin.codec import Collected, payload_of
 from pytest_selfopt.plugin.items import CONFIG_ERROR_MARK, collection_error
 from pytest_selfopt.plugin.state import SessionState
 from pytest_selfopt.store.files import FilesError
+from pytest_selfopt.store.journal import (
+    Entry,
+    Identity,
+    Journal,
+    JournalError,
+    digest,
+    file_digest,
+    journal_path,
+    read_journal,
+)
 from pytest_selfopt.suite.config import find_config
 from pytest_selfopt.suite.yamlread import ConfigError
 
@@ -28,10 +40,12 @@ if TYPE_CHECKING:
 
 #: Keys of ``workerinput`` (plain builtins over xdist's channel).
 SHIPMENT_KEY = "selfopt_shipment"
+DONE_KEY = "selfopt_done"
 CONFIG_PATH_KEY = "selfopt_config_path"
 CONFIG_ERROR_KEY = "selfopt_config_error"
 #: The name the controller is registered under (the ``selfopt loop`` probe reads ``prepared``).
 CONTROLLER_NAME = "selfopt_controller"
+BROKEN = "incomplete session, nothing written:"
 
 
 class Controller:
@@ -46,6 +60,8 @@ class Controller:
         self.race_note: str | None = None
         self.collection_errors: list[str] = []
         self.sample_failures = 0
+        self.journal: Journal | None = None
+        self.resumed = 0
 
     @property
     def shipment(self) -> Any:
@@ -84,9 +100,44 @@ class Controller:
         state.shipment = self.prepared.shipment
         self.policy = self._policy(self.prepared.settings.policy)
         if config.getoption("selfopt"):
+            self._start_journal(self.prepared)
+        if config.getoption("selfopt"):
             after, settings = config.getoption("selfopt_race_after"), self.prepared.settings
             self.board, self.race_note = racing.board_for(state.shipment, settings, after)
             state.race = self.board
+
+    def _start_journal(self, prepared: Prepared) -> None:
+        """Every sample goes to the journal as it arrives; ``--selfopt-resume`` starts from
+        the journal of the same plan (store/journal.py)."""
+        assert self.state.config_path is not None and self.state.shipment is not None
+        names = ("baseline.yaml", "routing.yaml", "history.json", "decisions.log")
+        shipment = self.state.shipment
+        identity = Identity(
+            config=file_digest(self.state.config_path),
+            committed={n: file_digest(prepared.baselines_dir / n) for n in names},
+            seed=shipment.seed,
+            cycle=prepared.state.last_cycle + 1,
+            runs=shipment.runs,
+            plan=digest(json.dumps(shipment.to_dict(), sort_keys=True).encode()),
+        )
+        path = journal_path(self.config.rootpath)
+        kept: list[Entry] = []
+        if self.config.getoption("selfopt_resume"):
+            try:
+                kept = read_journal(path, identity)
+            except JournalError as exc:
+                raise pytest.UsageError(str(exc)) from None
+            for entry in kept:
+                self.collected.add_sample(entry.sample, entry.nodeid, entry.unjudged)
+                self.sample_failures += not entry.sample.passed
+                if self.board is not None:
+                    self.board.add_sample(entry.sample)
+            self.state.done = frozenset(
+                (e.sample.phase, e.sample.spec_id, e.sample.case_id, e.sample.run) for e in kept
+            )
+            self.resumed = len(kept)
+        self.journal = Journal(path, identity)
+        self.journal.start(kept)
 
     def _policy(self, name: str) -> GatePolicy:
         """The suite's gate policy: a built-in one, or one a plugin's hook returned."""
@@ -126,6 +177,8 @@ class Controller:
             if payload.sample is not None:
                 sample = payload.sample
                 self.collected.add_sample(sample, report.nodeid, payload.unjudged)
+                if self.journal is not None:
+                    self.journal.append(Entry(sample, report.nodeid, payload.unjudged))
                 self.sample_failures += not sample.passed
                 if self.board is not None:
                     self.board.add_sample(sample)
@@ -164,7 +217,26 @@ class Controller:
             return
         if self.config.getoption("collectonly"):
             return
-        if self.close(session, exitstatus) and self.sample_failures:
+        closed = self.close(session, exitstatus)
+        if self.journal is not None:
+            if self.summary and self.summary[0].startswith(BROKEN):
+                self.journal.close()
+                if self.journal.count:
+                    args = [
+                        a for a in self.config.invocation_params.args if a != "--selfopt-resume"
+                    ]
+                    command = shlex.join(["pytest", *args, "--selfopt-resume"])
+                    self.summary.append(
+                        f"kept {self.journal.count} sample(s) in {_shown(self.journal.path)}; "
+                        f"finish this cycle without repeating them: {command}"
+                    )
+            else:
+                self.journal.discard()
+        if self.resumed:
+            self.summary.insert(
+                0, f"resumed: {self.resumed} sample(s) from the journal, not run again"
+            )
+        if closed and self.sample_failures:
             self.summary.append(
                 f"{self.sample_failures} of {len(self.collected.samples)} samples failed their "
                 "checks (data, not errors: the decisions above count them)"
@@ -176,7 +248,7 @@ class Controller:
         assert prepared is not None
         problems = self.broken(session, exitstatus)
         if problems:
-            self.summary = ["incomplete session, nothing written:", *(f"  {p}" for p in problems)]
+            self.summary = [BROKEN, *(f"  {p}" for p in problems)]
             if any(e.startswith(CONFIG_ERROR_MARK) for e in self.collection_errors):
                 session.exitstatus = pytest.ExitCode.USAGE_ERROR  # a bad cases file: bad input
             elif session.exitstatus == pytest.ExitCode.OK:
@@ -293,10 +365,18 @@ class ControllerXdist:
             node.workerinput[CONFIG_ERROR_KEY] = state.config_error
         if state.shipment is not None:
             node.workerinput[SHIPMENT_KEY] = state.shipment.to_dict()
+            node.workerinput[DONE_KEY] = [list(key) for key in sorted(state.done)]
             node.workerinput[CONFIG_PATH_KEY] = str(state.config_path)
         if self.controller.board is not None:
             path = self.controller.board.temp_file(self.controller.config.add_cleanup)
             node.workerinput[racing.FILE_KEY] = str(path)
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _path(value: str | None) -> Path | None:

@@ -20,6 +20,7 @@ from pytest_selfopt.plugin.controller import (
     CONFIG_ERROR_KEY,
     CONFIG_PATH_KEY,
     CONTROLLER_NAME,
+    DONE_KEY,
     SHIPMENT_KEY,
     Controller,
     ControllerXdist,
@@ -65,6 +66,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--selfopt-seed", type=whole_number, metavar="N", help="override the seed")
     group.addoption("--selfopt-dry-run", action="store_true", help="whole cycle, write nothing")
     group.addoption(
+        "--selfopt-resume",
+        action="store_true",
+        help="finish a broken cycle: run only the items whose sample is not in the journal "
+        "(.pytest_cache/selfopt/journal.jsonl) and close the cycle on all of them",
+    )
+    group.addoption(
         "--selfopt-report", type=output_path, metavar="PATH", help="write a Markdown report"
     )
     group.addoption(
@@ -108,6 +115,7 @@ def pytest_configure(config: pytest.Config) -> None:
         if (data := workerinput.get(SHIPMENT_KEY)) is not None:
             state.shipment = Shipment.from_dict(data)
             state.config_path = Path(workerinput[CONFIG_PATH_KEY])
+        state.done = frozenset(tuple(key) for key in workerinput.get(DONE_KEY, ()))
         if race_file := workerinput.get(FILE_KEY):
             state.race = RaceReader(Path(race_file))
         config.pluginmanager.register(Worker(state), "selfopt_worker")

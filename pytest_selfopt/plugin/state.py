@@ -30,6 +30,7 @@ class SessionState:
     config_error: str | None = None  # plain runs: every llm test fails with it
     race: RaceView | None = None
     runner: Runner | None = None
+    done: frozenset[tuple[str, str, str, int]] = frozenset()  # --selfopt-resume: in the journal
 
     def get_runner(self) -> Runner:
         if self.config_error is not None:

@@ -63,6 +63,14 @@ class Worker:
         """Run-major, specs interleaved: drift over the session hits every spec alike."""
         if not self.state.measuring:
             return
+        if self.state.done:  # --selfopt-resume: the journal has these samples already
+            keep: list[pytest.Item] = []
+            done: list[pytest.Item] = []
+            for item in items:
+                (done if _item_key(item) in self.state.done else keep).append(item)
+            if done:
+                items[0].config.hook.pytest_deselected(items=done)
+                items[:] = keep
         groups: dict[str, int] = {}
 
         def key(pair: tuple[int, pytest.Item]) -> tuple[int, int, int, int]:
@@ -144,6 +152,13 @@ class Worker:
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self) -> None:
         self.state.close()
+
+
+def _item_key(item: pytest.Item) -> tuple[str, str, str, int] | None:
+    point, case = point_of(item), case_of(item)
+    if point is None:
+        return None
+    return (point.phase, point.spec.id, case.id if case else "-", point.run)
 
 
 def _test_bug(item: pytest.Item, call: pytest.CallInfo[None]) -> TestBug:

@@ -1,0 +1,93 @@
+"""The sample journal and ``--selfopt-resume``: a broken cycle keeps its samples, and the
+resumed session runs only the missing items and decides exactly as an unbroken one."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+from test_plugin_session import make_suite
+
+STOPPER = """
+import os
+
+seen = 0
+
+
+def pytest_runtest_teardown(item):
+    global seen
+    seen += 1
+    if os.environ.get("STOP_AFTER") and seen == int(os.environ["STOP_AFTER"]):
+        raise KeyboardInterrupt
+"""
+
+FILES = ("baseline.yaml", "routing.yaml", "history.json")
+
+
+def samples_run(text: str) -> int:
+    found = re.search(r"(\d+) samples? in ", text.strip().splitlines()[-1])
+    return int(found[1]) if found else 0
+
+
+def test_an_interrupted_cycle_resumes_with_the_missing_items_only(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_suite(pytester)
+    pytester.makeconftest(STOPPER)
+    whole = pytester.runpytest("benchmarks", "--selfopt")
+    assert whole.ret == 0
+    total = samples_run(whole.stdout.str())
+    assert total == 18  # 3 cases x 3 runs x 2 specs
+    reference = {n: (pytester.path / "baselines" / n).read_bytes() for n in FILES}
+    shutil.rmtree(pytester.path / "baselines")
+
+    monkeypatch.setenv("STOP_AFTER", "7")
+    broken = pytester.runpytest("benchmarks", "--selfopt", no_reraise_ctrlc=True)
+    assert broken.ret == pytest.ExitCode.INTERRUPTED
+    text = broken.stdout.str()
+    assert "incomplete session, nothing written" in text
+    assert "kept 7 sample(s) in .pytest_cache/selfopt/journal.jsonl" in text
+    command = text.split("finish this cycle without repeating them: ")[1].splitlines()[0]
+    assert command.startswith("pytest benchmarks --selfopt ") and command.endswith(
+        " --selfopt-resume"
+    )
+    assert not (pytester.path / "baselines").exists()
+
+    monkeypatch.delenv("STOP_AFTER")
+    resumed = pytester.runpytest("benchmarks", "--selfopt", "--selfopt-resume")
+    assert resumed.ret == 0, resumed.stdout.str()
+    assert "resumed: 7 sample(s) from the journal, not run again" in resumed.stdout.str()
+    assert samples_run(resumed.stdout.str()) == total - 7
+    for name, data in reference.items():
+        assert (pytester.path / "baselines" / name).read_bytes() == data, name
+    assert not (pytester.path / ".pytest_cache" / "selfopt" / "journal.jsonl").exists()
+
+
+def test_a_journal_of_another_plan_is_refused_with_the_reason(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_suite(pytester)
+    pytester.makeconftest(STOPPER)
+    monkeypatch.setenv("STOP_AFTER", "4")
+    assert (
+        pytester.runpytest("benchmarks", "--selfopt", no_reraise_ctrlc=True).ret
+        == pytest.ExitCode.INTERRUPTED
+    )
+    monkeypatch.delenv("STOP_AFTER")
+    other = pytester.runpytest("benchmarks", "--selfopt", "--selfopt-resume", "--selfopt-seed=9")
+    assert other.ret == pytest.ExitCode.USAGE_ERROR
+    assert "belongs to another plan (seed 3 -> 9)" in other.stderr.str()
+    assert not (pytester.path / "baselines").exists()
+    nothing = pytester.runpytest("benchmarks", "--selfopt", "--selfopt-resume")
+    assert nothing.ret == 0  # the journal was left alone by the refusal
+
+
+def test_resume_without_a_journal_says_so(pytester: pytest.Pytester) -> None:
+    make_suite(pytester)
+    result = pytester.runpytest("benchmarks", "--selfopt", "--selfopt-resume")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert (
+        "no journal at .pytest_cache/selfopt/journal.jsonl: nothing to resume"
+        in result.stderr.str()
+    )
