@@ -9,10 +9,26 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from enum import Enum
 from typing import Any
 
 from pytest_selfopt.loop.spec import Spec
 from pytest_selfopt.loop.types import Candidate, PhasePlan, Recommendation, Route, Sample
+
+
+def plain(value: Any) -> Any:
+    """Builtins only, exactly: execnet sends ``str`` but not a ``StrEnum`` member."""
+    if isinstance(value, Enum):
+        return plain(value.value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, bool | int | float) or value is None:
+        return value
+    if isinstance(value, Mapping):
+        return {plain(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
 
 
 def plan_to_dict(plan: PhasePlan) -> dict[str, Any]:
@@ -92,6 +108,10 @@ class Shipment:
         return Route(phase, self.default_route.spec, self.default_route.fallbacks)
 
     def to_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = plain(self._fields())
+        return doc
+
+    def _fields(self) -> dict[str, Any]:
         return {
             "selfopt": self.selfopt,
             "runs": self.runs,
@@ -169,6 +189,9 @@ class Collected:
         self.samples.append(sample)
         self.function_of[(sample.phase, sample.spec_id, sample.case_id, sample.run)] = function
         self.judged[function] = self.judged.get(function, False) or not unjudged
+
+    def function_of_sample(self, sample: Sample) -> str:
+        return self.function_of.get((sample.phase, sample.spec_id, sample.case_id, sample.run), "")
 
     def unjudged_functions(self) -> dict[str, int]:
         """Test functions that asked the model and never judged a reply: their sample counts."""
@@ -331,7 +354,8 @@ class ReportPayload:
             out["raced"] = self.raced
         if self.race_items is not None:
             out["race_items"] = list(self.race_items)
-        return out
+        doc: dict[str, Any] = plain(out)
+        return doc
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ReportPayload:

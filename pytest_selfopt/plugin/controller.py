@@ -62,6 +62,7 @@ class Controller:
         self.sample_failures = 0
         self.journal: Journal | None = None
         self.resumed = 0
+        self.identity: Identity | None = None
 
     @property
     def shipment(self) -> Any:
@@ -99,20 +100,24 @@ class Controller:
             return
         state.shipment = self.prepared.shipment
         self.policy = self._policy(self.prepared.settings.policy)
+        self.identity = self._identity(self.prepared)
+        if self.state.shard is not None and not config.getoption("selfopt_samples"):
+            raise pytest.UsageError(
+                "--selfopt-shard needs --selfopt-samples=PATH: where this shard's samples go"
+            )
         if config.getoption("selfopt"):
-            self._start_journal(self.prepared)
+            self._start_journal()
         if config.getoption("selfopt"):
             after, settings = config.getoption("selfopt_race_after"), self.prepared.settings
             self.board, self.race_note = racing.board_for(state.shipment, settings, after)
             state.race = self.board
 
-    def _start_journal(self, prepared: Prepared) -> None:
-        """Every sample goes to the journal as it arrives; ``--selfopt-resume`` starts from
-        the journal of the same plan (store/journal.py)."""
+    def _identity(self, prepared: Prepared) -> Identity:
+        """What makes two sessions the same cycle (the journal's and the shards' key)."""
         assert self.state.config_path is not None and self.state.shipment is not None
         names = ("baseline.yaml", "routing.yaml", "history.json", "decisions.log")
         shipment = self.state.shipment
-        identity = Identity(
+        return Identity(
             config=file_digest(self.state.config_path),
             committed={n: file_digest(prepared.baselines_dir / n) for n in names},
             seed=shipment.seed,
@@ -120,7 +125,14 @@ class Controller:
             runs=shipment.runs,
             plan=digest(json.dumps(shipment.to_dict(), sort_keys=True).encode()),
         )
-        path = journal_path(self.config.rootpath)
+
+    def _start_journal(self) -> None:
+        """Every sample goes to the journal as it arrives; ``--selfopt-resume`` starts from
+        the journal of the same plan (store/journal.py)."""
+        identity = self.identity
+        assert identity is not None
+        shard = self.state.shard
+        path = journal_path(self.config.rootpath, f"{shard.index}of{shard.count}" if shard else "")
         kept: list[Entry] = []
         if self.config.getoption("selfopt_resume"):
             try:
@@ -279,6 +291,33 @@ class Controller:
         report_path = _path(option("selfopt_report"))
         from pytest_selfopt.plugin import orchestrate
 
+        if self.state.shard is not None:  # one share of the cycle: `selfopt decide` closes it
+            from pytest_selfopt.plugin.shard import write_shard
+
+            assert self.identity is not None
+            target = Path(option("selfopt_samples"))
+            entries = [
+                Entry(s, self.collected.function_of_sample(s), False)
+                for s in self.collected.samples
+            ]
+            write_shard(
+                target,
+                self.identity,
+                self.state.shard,
+                entries,
+                skipped=sorted(self.collected.raced),
+                unjudged=self.collected.unjudged_functions(),
+                check=self.state.check,
+            )
+            self.summary = [
+                *notes,
+                f"shard {self.state.shard}: {len(entries)} sample(s) written to {_shown(target)}; "
+                "nothing written to baselines/ (close the cycle with `selfopt decide`)",
+            ]
+            session.exitstatus = (
+                pytest.ExitCode.TESTS_FAILED if session.testsfailed else pytest.ExitCode.OK
+            )
+            return True
         if self.state.check:
             checked = orchestrate.check(prepared, plans, samples, report_path=report_path)
             self.summary = [*notes, *checked.lines]

@@ -28,13 +28,14 @@ from pytest_selfopt.plugin.controller import (
 from pytest_selfopt.plugin.items import case_of, marker_phase, module_phase
 from pytest_selfopt.plugin.llm import LLM
 from pytest_selfopt.plugin.racing import FILE_KEY, RaceReader
+from pytest_selfopt.plugin.shard import parse_shard
 from pytest_selfopt.plugin.state import LLM_KEY, STATE_KEY, SessionState
 from pytest_selfopt.plugin.worker import Worker
 from pytest_selfopt.suite.cases import CHECK_RECORDER
 
 #: Options whose value is a path: pytest reads a separate value as a test path while it looks
 #: for the rootdir, before any plugin's options are known (see pytest_load_initial_conftests).
-PATH_OPTIONS = ("--selfopt-report", "--selfopt-json")
+PATH_OPTIONS = ("--selfopt-report", "--selfopt-json", "--selfopt-samples")
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -80,6 +81,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="PATH",
         help="write every sample and decision as JSON",
     )
+    group.addoption(
+        "--selfopt-shard",
+        type=parse_shard,
+        metavar="K/N",
+        help="run shard K of N of the cycle's items (every spec of a case on the same shard) "
+        "and write its samples to --selfopt-samples; close the cycle with `selfopt decide`",
+    )
+    group.addoption(
+        "--selfopt-samples",
+        type=output_path,
+        metavar="PATH",
+        help="with --selfopt-shard: where to write this shard's samples (JSON lines)",
+    )
     parser.addini("selfopt_config", "suite config, relative to rootdir", default="")
     parser.addini("selfopt_baselines", "folder of the committed files", default="baselines")
 
@@ -107,7 +121,11 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("selfopt") and config.getoption("selfopt_check"):
         raise pytest.UsageError("--selfopt and --selfopt-check exclude each other: pick one")
     check = bool(config.getoption("selfopt_check"))
-    state = SessionState(measuring=bool(config.getoption("selfopt")) or check, check=check)
+    state = SessionState(
+        measuring=bool(config.getoption("selfopt")) or check,
+        check=check,
+        shard=config.getoption("selfopt_shard"),
+    )
     config.stash[STATE_KEY] = state
     workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
     if workerinput is not None:

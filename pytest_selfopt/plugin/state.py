@@ -16,6 +16,7 @@ from pytest_selfopt.models.runner import Runner
 from pytest_selfopt.plugin.codec import Shipment
 from pytest_selfopt.plugin.llm import LLM
 from pytest_selfopt.plugin.racing import RaceView
+from pytest_selfopt.plugin.shard import Shard
 from pytest_selfopt.suite.config import load_config
 
 
@@ -30,6 +31,7 @@ class SessionState:
     config_error: str | None = None  # plain runs: every llm test fails with it
     race: RaceView | None = None
     runner: Runner | None = None
+    shard: Shard | None = None  # --selfopt-shard K/N: this session runs one share
     done: frozenset[tuple[str, str, str, int]] = frozenset()  # --selfopt-resume: in the journal
 
     def get_runner(self) -> Runner:

@@ -19,6 +19,7 @@ import pytest
 from pytest_selfopt.plugin.codec import ItemKey, ReportPayload, TestBug, attach, points
 from pytest_selfopt.plugin.items import case_of, module_phase, phase_of, point_of
 from pytest_selfopt.plugin.llm import LLM, TransportError
+from pytest_selfopt.plugin.shard import select_items
 from pytest_selfopt.plugin.state import LLM_KEY, SessionState
 from pytest_selfopt.suite.cases import Case
 
@@ -63,6 +64,14 @@ class Worker:
         """Run-major, specs interleaved: drift over the session hits every spec alike."""
         if not self.state.measuring:
             return
+        if self.state.shard is not None:  # --selfopt-shard: keep this shard's cases only
+            mine = select_items(items, self.state.shard)
+            if len(mine) < len(items):
+                chosen = set(map(id, mine))
+                items[0].config.hook.pytest_deselected(
+                    items=[i for i in items if id(i) not in chosen]
+                )
+                items[:] = mine
         if self.state.done:  # --selfopt-resume: the journal has these samples already
             keep: list[pytest.Item] = []
             done: list[pytest.Item] = []

@@ -102,8 +102,9 @@ class Entry:
     unjudged: bool
 
 
-def journal_path(rootdir: Path) -> Path:
-    return rootdir / FOLDER / "journal.jsonl"
+def journal_path(rootdir: Path, shard: str = "") -> Path:
+    """One journal per rootdir (and per shard: ``journal-2of3.jsonl``)."""
+    return rootdir / FOLDER / (f"journal-{shard}.jsonl" if shard else "journal.jsonl")
 
 
 class Journal:
