@@ -91,3 +91,25 @@ def test_resume_without_a_journal_says_so(pytester: pytest.Pytester) -> None:
         "no journal at .pytest_cache/selfopt/journal.jsonl: nothing to resume"
         in result.stderr.str()
     )
+
+
+def test_ctrl_c_after_the_cycle_was_written_is_one_line(pytester: pytest.Pytester) -> None:
+    """A Ctrl-C during teardown (here: another plugin's sessionfinish, after ours wrote the
+    files) ends with exit status 2 and one line, never a traceback."""
+    make_suite(pytester)
+    pytester.makeconftest(
+        """
+        import os, signal, pytest
+
+        @pytest.hookimpl(trylast=True)
+        def pytest_sessionfinish(session):
+            os.kill(os.getpid(), signal.SIGINT)
+        """
+    )
+    result = pytester.runpytest_subprocess("benchmarks", "--selfopt")
+    assert result.ret == 2
+    err = result.stderr.str()
+    assert "interrupted after the cycle was closed; its files are complete" in err
+    assert "Traceback" not in err + result.stdout.str()
+    assert "KeyboardInterrupt" not in err + result.stdout.str()
+    assert (pytester.path / "baselines" / "history.json").exists()

@@ -8,8 +8,13 @@ is ``orchestrate``'s (docs/architecture.md, "pytest integration").
 from __future__ import annotations
 
 import json
+import os
 import shlex
-from collections.abc import Mapping
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -326,17 +331,18 @@ class Controller:
             return False
         dry_run = bool(option("selfopt_dry_run"))
         try:
-            finished = orchestrate.finish(
-                prepared,
-                plans,
-                samples,
-                policy=self.policy,
-                dry_run=dry_run,
-                report_path=report_path,
-                json_path=_path(option("selfopt_json")),
-                raced=self.board.raced if self.board else None,
-                notes=notes,
-            )
+            with quiet_interrupt(self.config):
+                finished = orchestrate.finish(
+                    prepared,
+                    plans,
+                    samples,
+                    policy=self.policy,
+                    dry_run=dry_run,
+                    report_path=report_path,
+                    json_path=_path(option("selfopt_json")),
+                    raced=self.board.raced if self.board else None,
+                    notes=notes,
+                )
         except FilesError as exc:
             self.summary = [f"nothing written: {exc}"]
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
@@ -409,6 +415,35 @@ class ControllerXdist:
         if self.controller.board is not None:
             path = self.controller.board.temp_file(self.controller.config.add_cleanup)
             node.workerinput[racing.FILE_KEY] = str(path)
+
+
+@contextmanager
+def quiet_interrupt(config: pytest.Config) -> Iterator[None]:
+    """Ctrl-C waits while the cycle is decided and written, then ends the process at once with
+    one line and exit status 2: the files are complete, and a traceback from xdist's teardown
+    would only make people believe nothing was written (docs/architecture.md)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def after_write(signum: int, frame: object) -> None:
+        sys.stderr.write(
+            "\nselfopt: interrupted after the cycle was closed; its files are complete\n"
+        )
+        sys.stderr.flush()
+        os._exit(2)
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        previous = signal.signal(signal.SIGINT, after_write)
+
+        def restore() -> None:
+            signal.signal(signal.SIGINT, previous)
+
+        config.add_cleanup(restore)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _shown(path: Path) -> str:

@@ -91,8 +91,8 @@ def write_shard(
     ``unjudged``: test functions none of whose samples *in this shard* judged a reply. Each
     of their samples is written with ``unjudged: true``, so that decide, like one session,
     leaves a function out only when no shard saw it judge (codec.Collected.judged)."""
-    lines = [{"selfopt_shard": FORMAT, "identity": identity.to_dict(), "shard": str(shard)}]
-    lines[0]["check"] = check
+    header = {"selfopt_shard": FORMAT, "identity": identity.to_dict(), "shard": str(shard)}
+    lines: list[dict[str, Any]] = [{**header, "check": check}]
     lines += [
         {
             "sample": e.sample.to_dict(),
@@ -135,16 +135,16 @@ def read_shard(path: Path) -> ShardFile:
             f"{where}: line 1: not a selfopt shard file ({exc}); pass the files written by "
             "--selfopt-samples"
         ) from None
-    body = [line for line in lines[1:] if line.strip()]
+    numbered = [(n, line) for n, line in enumerate(lines[1:], start=2) if line.strip()]
     try:
-        footer = json.loads(body[-1]) if body and text.endswith("\n") else None
+        footer = json.loads(numbered[-1][1]) if numbered and text.endswith("\n") else None
     except ValueError:
         footer = None
     if not isinstance(footer, dict) or set(footer) != {"end"}:
         raise ShardError(f"{where}: truncated (no end line): shard {shard} is incomplete; {redo}")
     entries: list[Entry] = []
     skipped: list[Key] = []
-    for number, line in enumerate(lines[1 : len(body)], start=2):
+    for number, line in numbered[:-1]:
         try:
             doc = json.loads(line)
             if "skipped" in doc:
@@ -290,7 +290,3 @@ def select_items(items: Sequence[pytest.Item], shard: Shard) -> list[pytest.Item
         if (point.phase, case.id if case else item.nodeid) in mine:
             out.append(item)
     return out
-
-
-def _unused(_: Any) -> None:  # pragma: no cover
-    pass
