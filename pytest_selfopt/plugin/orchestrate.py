@@ -22,6 +22,7 @@ from pytest_selfopt.plugin.codec import Shipment
 from pytest_selfopt.plugin.racing import RacedOut, RacedPolicy, decided_samples
 from pytest_selfopt.report.jsondoc import json_document
 from pytest_selfopt.report.markdown import check_markdown, markdown
+from pytest_selfopt.report.power import power_lines
 from pytest_selfopt.report.terminal import check_terminal_lines
 from pytest_selfopt.store import files
 from pytest_selfopt.suite.config import SuiteConfig, load_config
@@ -170,26 +171,6 @@ class Finished:
     curve: list[str]  # baseline accuracy over the cycles, this one included
 
 
-def power_lines(outcome: CycleOutcome, settings: LoopSettings) -> list[str]:
-    """Said out loud: the smallest gain each phase could detect, from its baseline's rates."""
-    from pytest_selfopt.loop.stats import minimum_detectable_effect, power_note
-
-    lines = []
-    for po in outcome.phases:
-        stats = po.stats.get(po.plan.baseline.id)
-        if stats is None or not stats.samples:
-            continue
-        k = max(len(po.plan.candidates), 1)
-        mde = minimum_detectable_effect(stats, k, settings.gates)
-        note = power_note(stats, k, settings.gates)
-        said = note or (
-            f"minimum detectable effect {mde * 100:+.1f} points "
-            f"({len(stats.case_ids)} prompts x {stats.runs} runs x {k} candidate(s))"
-        )
-        lines.append(f"power {po.phase}: {said}")
-    return lines
-
-
 def finish(
     prepared: Prepared,
     plans: Mapping[str, PhasePlan],
@@ -256,7 +237,7 @@ def finish(
     curve = ["baseline accuracy (median run accuracy), start -> after each cycle:"]
     curve += [f"  {line}" for line in curve_lines(history)]
     return Finished(
-        outcome, written, undecided, text, power_lines(outcome, prepared.settings), curve
+        outcome, written, undecided, text, power_lines(outcome, prepared.settings.gates), curve
     )
 
 
