@@ -82,6 +82,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="write every sample and decision as JSON",
     )
     group.addoption(
+        "--selfopt-concurrency",
+        type=positive_int,
+        metavar="N",
+        help="model calls in flight per process (default: `concurrency` in the suite config, 1)",
+    )
+    group.addoption(
         "--selfopt-shard",
         type=parse_shard,
         metavar="K/N",
