@@ -87,6 +87,7 @@ class Shipment:
     default_plan: PhasePlan | None  # for a phase first seen at collection (phase name "*")
     routes: Mapping[str, Route]  # plain runs: the routed spec of each phase
     default_route: Route | None  # phase name "*": the suite's initial spec
+    cycle: int = 1  # simulated models draw fresh data every cycle (docs/providers.md)
 
     def plan_for(self, phase: str) -> PhasePlan | None:
         if phase in self.plans:
@@ -116,6 +117,7 @@ class Shipment:
             "selfopt": self.selfopt,
             "runs": self.runs,
             "seed": self.seed,
+            "cycle": self.cycle,
             "plans": {k: plan_to_dict(v) for k, v in self.plans.items()},
             "default_plan": plan_to_dict(self.default_plan) if self.default_plan else None,
             "routes": {k: route_to_dict(v) for k, v in self.routes.items()},
@@ -128,6 +130,7 @@ class Shipment:
             selfopt=bool(data["selfopt"]),
             runs=int(data["runs"]),
             seed=int(data["seed"]),
+            cycle=int(data["cycle"]),
             plans={k: plan_from_dict(v) for k, v in data["plans"].items()},
             default_plan=plan_from_dict(data["default_plan"]) if data["default_plan"] else None,
             routes={k: route_from_dict(v) for k, v in data["routes"].items()},
@@ -188,7 +191,8 @@ class Collected:
         function = nodeid.split("[", 1)[0]
         self.samples.append(sample)
         self.function_of[(sample.phase, sample.spec_id, sample.case_id, sample.run)] = function
-        self.judged[function] = self.judged.get(function, False) or not unjudged
+        if not sample.transport_error:  # nothing to judge: no reply came back
+            self.judged[function] = self.judged.get(function, False) or not unjudged
 
     def function_of_sample(self, sample: Sample) -> str:
         return self.function_of.get((sample.phase, sample.spec_id, sample.case_id, sample.run), "")

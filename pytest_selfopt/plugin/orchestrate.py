@@ -146,6 +146,7 @@ def prepare(
         selfopt=selfopt or check,
         runs=settings.runs,
         seed=settings.seed,
+        cycle=state.last_cycle + 1,
         plans=plans,
         default_plan=default_plan,
         routes=routes,

@@ -44,7 +44,10 @@ class SessionState:
                     "set selfopt_config in your pytest ini"
                 )
             suite = load_config(self.config_path)
-            self.runner = Runner(suite.models, suite.variants, seed=self.shipment.seed)
+            shipment = self.shipment
+            self.runner = Runner(
+                suite.models, suite.variants, seed=shipment.seed, cycle=shipment.cycle
+            )
         return self.runner
 
     def close(self) -> None:
