@@ -13,12 +13,16 @@ from _simserver_fixture import VARIANTS, Case, Model, RecordingSleep, make_spec
 
 from pytest_selfopt.models.base import (
     ProviderError,
+    Reference,
     Reply,
     Request,
+    create_provider,
+    provider_uses_knob,
     register_provider,
     unregister_provider,
 )
 from pytest_selfopt.models.runner import BACKOFF_CAP_S, RETRY_AFTER_CAP_S, Runner
+from pytest_selfopt.models.sim import draw
 
 _names = itertools.count()
 PROMPT = "What is the capital of France?"
@@ -48,6 +52,7 @@ class EchoProvider:
     simulated_time = False
 
     def __init__(self, options: Mapping[str, Any]) -> None:
+        self.options = options
         self.fail = int(options.get("fail", 0))
         self.kind = str(options.get("kind", "http_5xx"))
         self.retry_after = options.get("retry_after")
@@ -58,6 +63,9 @@ class EchoProvider:
     def new_client(self) -> EchoClient:
         client = EchoClient(self)
         self.clients.append(client)
+        clock = self.options.get("clock")
+        if clock is not None:  # building a client takes 10 s of the fake clock
+            clock.advance(10.0)
         return client
 
 
@@ -71,6 +79,9 @@ class EchoClient:
         p = self.provider
         p.calls += 1
         p.requests.append(request)
+        clock = p.options.get("clock")
+        if clock is not None:  # a call takes 1 s of the fake clock
+            clock.advance(1.0)
         if p.calls <= p.fail:
             raise ProviderError(p.kind, f"echo failure {p.calls}", retry_after_s=p.retry_after)
         return Reply(f"{request.system}|{request.prompt}", input_tokens=10, output_tokens=4)
@@ -229,6 +240,121 @@ def test_provider_side_model_name_is_sent() -> None:
     assert PROVIDERS["alias"].requests[0].model == "vendor/model-7b"
 
 
+# -- declared knobs ---------------------------------------------------------------------------
+
+
+def test_declared_knobs_travel_as_request_parameters_warm_up_included() -> None:
+    model = echo()
+    spec = make_spec(model.name, warmup=True, extra=(("temperature", 0.7), ("top_k", 5)))
+    runner(model).ask(spec, PROMPT, case=NoReferenceCase())
+    warm, measured = PROVIDERS[model.name].requests
+    assert dict(measured.params) == {"temperature": 0.7, "top_k": 5}
+    assert dict(warm.params) == dict(measured.params)
+
+
+KNOBBED = {"knob_effects": {"temperature": {0.7: {"skill": -0.8, "latency_s": 1.5}}}}
+
+
+def test_the_simulator_reacts_to_a_knob_value_through_knob_effects() -> None:
+    model = sim(latency_s=0.5, **KNOBBED)
+    r = runner(model)
+    answers = {
+        t: r.ask(make_spec(model.name, extra=(("temperature", t),)), PROMPT, case=Case())
+        for t in (0.0, 0.7)
+    }
+    assert (answers[0.0].text, answers[0.0].latency_s) == ("Paris", 0.5)
+    assert (answers[0.7].text, answers[0.7].latency_s) == ("Lyon", 2.0)  # 0.9 - 0.8 < 0.3
+    other = r.ask(make_spec(model.name, extra=(("top_p", 0.7),)), PROMPT, case=Case())
+    assert other.text == "Paris"  # a knob the model has no effect for changes nothing
+
+
+def test_which_providers_can_use_a_knob() -> None:
+    simulated = create_provider("sim", "s", KNOBBED)
+    plain_sim = create_provider("sim", "p", {})
+    http = create_provider("openai", "o", {"base_url": "http://127.0.0.1:9/v1"})
+    custom = create_provider("echo-test", "e", {})
+    assert provider_uses_knob(simulated, "temperature")
+    assert not provider_uses_knob(simulated, "top_p") and not provider_uses_knob(plain_sim, "x")
+    assert provider_uses_knob(http, "temperature") and provider_uses_knob(http, "top_k")
+    assert not provider_uses_knob(http, "stream") and not provider_uses_knob(http, "messages")
+    assert provider_uses_knob(custom, "anything")  # no uses_knob: assumed to read params
+
+
+@pytest.mark.parametrize(
+    ("effects", "key"),
+    [
+        ([1], "knob_effects"),
+        ({"temperature": 0.7}, "knob_effects.temperature"),
+        ({"temperature": {0.7: {"colour": 1}}}, "knob_effects.temperature.0.7.colour"),
+        ({"temperature": {0.7: {"flaky": 3}}}, "knob_effects.temperature.0.7.flaky"),
+    ],
+)
+def test_knob_effects_are_validated_naming_the_key(effects: Any, key: str) -> None:
+    with pytest.raises(ValueError, match=f"^{key}:"):
+        create_provider("sim", "s", {"knob_effects": effects})
+
+
+# -- fresh simulated data every cycle -----------------------------------------------------------
+
+
+def _pattern(r: Runner, model: Model, spec: Any) -> list[str | None]:
+    return [
+        r.ask(spec, PROMPT, case=Case(case_id=f"c{i}"), run=run).text
+        for i in range(20)
+        for run in (1, 2, 3)
+    ]
+
+
+def test_each_cycle_draws_fresh_data_and_a_cycle_is_reproducible() -> None:
+    model = sim(flaky=0.5)
+    spec = make_spec(model.name)
+    cycles = {c: _pattern(runner(model, cycle=c), model, spec) for c in (1, 2, 3)}
+    assert cycles[1] == _pattern(runner(model, cycle=1), model, spec)  # same cycle, same data
+    assert cycles[1] != cycles[2] and cycles[2] != cycles[3] and cycles[1] != cycles[3]
+    assert set(cycles[1]) == {"Paris", "Lyon"}
+
+
+class RecordingSimulator:
+    """A simulated provider that records the references it is given."""
+
+    simulated = True
+    simulated_time = True
+
+    def __init__(self) -> None:
+        self.references: list[Reference | None] = []
+
+    def new_client(self) -> RecordingSimulator:
+        return self
+
+    def complete(self, request: Request) -> Reply:
+        self.references.append(request.reference)
+        return Reply("Paris", simulated_latency_s=0.1)
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_cycle_reaches_every_reference_and_zero_keeps_the_earlier_draws() -> None:
+    recorder = RecordingSimulator()
+    register_provider("recording-sim", lambda name, options: recorder)
+    try:
+        model = Model("rec", "recording-sim")
+        runner(model, seed=7, cycle=4).ask(make_spec("rec", warmup=True), PROMPT, case=Case())
+    finally:
+        unregister_provider("recording-sim")
+    assert [(r.seed, r.cycle) for r in recorder.references if r] == [(7, 4), (7, 4)]
+    # cycle 0 ("no cycle") leaves the hash as it was: the flaky flip is draw(seed, model, ...)
+    flaky = sim(flaky=0.5)
+    spec = make_spec(flaky.name)
+    got = _pattern(runner(flaky, seed=7), flaky, spec)
+    flips = [
+        draw(7, flaky.name, spec.id, f"c{i}", run, "flaky") < 0.5
+        for i in range(20)
+        for run in (1, 2, 3)
+    ]
+    assert got == ["Lyon" if flip else "Paris" for flip in flips]
+
+
 # -- backoff for real (slept) providers -----------------------------------------------------------
 
 
@@ -248,12 +374,47 @@ def test_real_backoff_is_slept_with_seeded_full_jitter_and_capped() -> None:
         assert 0.0 <= wait <= min(BACKOFF_CAP_S, 0.5 * 2**k)
 
 
-def test_retry_after_is_honoured_and_capped() -> None:
+def test_retry_after_is_honoured_and_capped_and_the_cap_is_named() -> None:
     model = echo(fail=2, kind="http_429", retry_after=100.0)
     sleep = RecordingSleep()
     answer = runner(model, sleep=sleep).ask(make_spec(model.name, retries=2), PROMPT)
     assert sleep.calls == [RETRY_AFTER_CAP_S, RETRY_AFTER_CAP_S]
     assert answer.total_latency_s >= 2 * RETRY_AFTER_CAP_S
+    assert answer.text is not None
+    assert answer.notes == ("Retry-After 100 s capped at 30 s (RETRY_AFTER_CAP_S)",)
+    failed = echo(fail=9, kind="http_429", retry_after=45.0)
+    gave_up = runner(failed, sleep=RecordingSleep()).ask(make_spec(failed.name, retries=1), PROMPT)
+    assert gave_up.error_message == (
+        "echo failure 2 (Retry-After 45 s capped at 30 s (RETRY_AFTER_CAP_S))"
+    )
+    short = echo(fail=1, kind="http_429", retry_after=2.0)
+    honoured = runner(short, sleep=RecordingSleep()).ask(make_spec(short.name, retries=1), PROMPT)
+    assert honoured.notes == ()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.mark.parametrize("isolation", ["i0", "i1"])
+def test_latency_is_the_calls_not_the_clients_construction(isolation: str) -> None:
+    """Building a client takes 10 s, the call 1 s: the sample's latency is 1 s under i0 and
+    i1 alike (an i1 client is built before the clock starts and closed after it stops)."""
+    clock = FakeClock()
+    model = echo(clock=clock)
+    r = runner(model, clock=clock)
+    spec = make_spec(model.name, isolation=isolation)
+    answers = [r.ask(spec, PROMPT, run=run) for run in (1, 2)]
+    assert [a.latency_s for a in answers] == [1.0, 1.0]
+    assert [a.total_latency_s for a in answers] == [1.0, 1.0]
+    assert len(PROVIDERS[model.name].clients) == (2 if isolation == "i1" else 1)
 
 
 def test_non_retryable_errors_are_not_retried() -> None:

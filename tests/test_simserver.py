@@ -4,12 +4,14 @@ agreement with the in-process simulator, and the ``selfopt sim-server`` entry po
 from __future__ import annotations
 
 import json
+import queue
 import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -103,14 +105,63 @@ def test_anthropic_shape(sim_server: Start) -> None:
     assert data["usage"] == {"input_tokens": 3, "output_tokens": 1}
 
 
-def test_answers_agree_with_the_in_process_simulator(sim_server: Start) -> None:
+@pytest.mark.parametrize(
+    ("path", "anthropic"),
+    [("/v1/chat/completions", False), ("/chat/completions", False), ("/v1/messages", True)],
+)
+def test_streaming_is_refused_with_a_400_that_says_so(
+    sim_server: Start, path: str, anthropic: bool
+) -> None:
+    """The official SDKs with ``stream=True`` get an error they show, not an empty stream."""
+    server = sim_server({"lfm": GOOD})
+    body = {"model": "lfm", "stream": True, "max_tokens": 5, "messages": [{"role": "user",
+            "content": "capital of France?"}]}  # fmt: skip
+    reply = httpx.post(f"{server.root}{path}", json=body, headers=ref_header())
+    assert reply.status_code == 400 and reply.headers["content-type"] == "application/json"
+    data = reply.json()
+    error = data["error"]
+    assert "does not simulate streaming" in error["message"]
+    if anthropic:
+        assert data["type"] == "error" and error["type"] == "invalid_request_error"
+    body["stream"] = False
+    assert httpx.post(f"{server.root}{path}", json=body, headers=ref_header()).status_code == 200
+
+
+def test_the_printed_url_works_as_base_url_for_both_official_sdks(sim_server: Start) -> None:
+    """The OpenAI SDK posts to ``{base_url}/chat/completions``; the Anthropic SDK to
+    ``{base_url}/v1/messages``, so given the same ``.../v1`` it reaches ``/v1/v1/messages``."""
+    server = sim_server({"lfm": GOOD})
+    openai_sdk = httpx.post(
+        f"{server.url}/chat/completions",
+        json={"model": "lfm", "messages": [{"role": "user", "content": "q"}]},
+        headers=ref_header(),
+    )
+    assert openai_sdk.json()["choices"][0]["message"]["content"] == "Paris"
+    for base_url in (server.url, server.root):
+        anthropic_sdk = httpx.post(
+            f"{base_url}/v1/messages",
+            json={"model": "lfm", "max_tokens": 5, "messages": [{"role": "user", "content": "q"}]},
+            headers=ref_header(),
+        )
+        assert anthropic_sdk.json()["content"] == [{"type": "text", "text": "Paris"}], base_url
+    assert server.stats()["by_path"] == {
+        "/v1/chat/completions": 1,
+        "/v1/v1/messages": 1,
+        "/v1/messages": 1,
+    }
+
+
+@pytest.mark.parametrize("cycle", [0, 3])
+def test_answers_agree_with_the_in_process_simulator(sim_server: Start, cycle: int) -> None:
     options = {"skill": 0.5, "flaky": 0.3, "ramble": 0.3, "latency_s": 0.2}
     server = sim_server({"m": options})
     behaviour = SimBehaviour.from_options("m", options)
+    texts = []
     with httpx.Client() as client:
         for run in range(1, 13):
             case = Case(case_id=f"c{run}", difficulty=run / 13)
             ref = case.reference(run=run, attempt=1, variant="plain", spec_id="s", seed=7)
+            ref = replace(ref, cycle=cycle)
             got = client.post(
                 f"{server.url}/chat/completions",
                 headers={REFERENCE_HEADER: json.dumps(ref.to_dict())},
@@ -118,6 +169,10 @@ def test_answers_agree_with_the_in_process_simulator(sim_server: Start) -> None:
             ).json()
             expected = simulate(behaviour, ref, "q q", float("inf"), cold=False)
             assert got["choices"][0]["message"]["content"] == expected.text
+            texts.append(expected.text)
+            other = simulate(behaviour, replace(ref, cycle=cycle + 1), "q q", 1e9, cold=False)
+            texts.append(other.text)
+    assert texts[0::2] != texts[1::2]  # another cycle, other draws
 
 
 def test_faults_by_api_with_times_and_after(sim_server: Start) -> None:
@@ -284,9 +339,15 @@ def test_main_serves_the_configs_sim_models_until_interrupted(tmp_path: Path) ->
     )
     try:
         assert proc.stdout is not None
-        line = proc.stdout.readline()
+        lines: queue.Queue[str] = queue.Queue()
+        stdout = proc.stdout
+        threading.Thread(target=lambda: [lines.put(x) for x in stdout], daemon=True).start()
+        line = lines.get(timeout=10)
         url = line.strip().rsplit(" ", 1)[-1]
         assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
+        usage = lines.get(timeout=10)
+        assert f"use {url} as base_url" in usage and "both official SDKs" in usage
+        assert "streaming is not simulated" in usage
         models = httpx.get(f"{url}/models", timeout=5).json()
         assert [m["id"] for m in models["data"]] == ["lfm"]
         proc.send_signal(signal.SIGINT)

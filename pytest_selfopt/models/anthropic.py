@@ -77,11 +77,11 @@ class AnthropicClient:
             raise ProviderError(
                 "protocol", f"no content list in the reply from {display_url(p.url)}"
             )
-        texts = [
-            block.get("text")
-            for block in content
-            if isinstance(block, dict) and block.get("type") == "text"
-        ]
+        if not all(isinstance(block, dict) for block in content):
+            raise ProviderError(
+                "protocol", f"a content block that is not an object from {display_url(p.url)}"
+            )
+        texts = [block.get("text") for block in content if block.get("type") == "text"]
         if not all(isinstance(t, str) for t in texts):
             raise ProviderError("protocol", f"a text block without text from {display_url(p.url)}")
         usage = data.get("usage")

@@ -262,7 +262,7 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     except ValueError:
         try:
             when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, OverflowError):
             return None
         if when is None:
             return None
@@ -298,8 +298,21 @@ class Provider(Protocol):
     simulated_time: bool
     #: Optional (read with ``getattr``): a simulator server's time scale. Set, the runner
     #: reports measured latency divided by it and sleeps backoff multiplied by it.
+    #: Optional too: ``uses_knob(knob) -> bool``, see :func:`provider_uses_knob`.
 
     def new_client(self) -> Client: ...
+
+
+def provider_uses_knob(provider: Provider, knob: str) -> bool:
+    """Whether ``provider`` can use the declared knob ``knob`` (sends it to the model, or, for
+    a simulator, reacts to it), so a config can refuse a knob that no model can use.
+
+    A provider answers with an optional method ``uses_knob(knob) -> bool``: the HTTP providers
+    send every knob but the body keys they own, a ``sim`` model only the knobs its
+    ``knob_effects`` names. A provider without the method is assumed to read
+    ``Request.params`` and so to use every knob."""
+    method = getattr(provider, "uses_knob", None)
+    return bool(method(knob)) if callable(method) else True
 
 
 ProviderFactory = Callable[[str, Mapping[str, Any]], Provider]

@@ -269,6 +269,12 @@ class HttpJsonClient:
             raise ProviderError(
                 "config", f"{type(exc).__name__}: cannot send the request to {where}"
             ) from None
+        except UnicodeError:  # a header value (perhaps a key) that is not ASCII: never shown
+            raise ProviderError(
+                "config",
+                f"cannot send the request to {where}: a header value is not ASCII text (value "
+                "not shown); check the api_key_env variable and the headers' ${VAR} values",
+            ) from None
         if time.monotonic() > deadline:
             raise ProviderError("timeout", f"response from {where} not complete within {shown}")
         raise_for_status(status, resp_headers, content, where, secrets, not_found_hint)

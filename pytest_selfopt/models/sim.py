@@ -1,8 +1,11 @@
 """Simulated models: seeded, documented behaviour, no network.
 
-Every outcome is a pure function of ``(seed, model, spec, case, run, attempt)`` — hashed, not
-drawn from a global RNG — so it does not depend on which xdist worker runs an item or in which
-order. The one exception is the cold start, which is per process, as real cold starts are.
+Every outcome is a pure function of ``(seed, cycle, model, spec, case, run, attempt)`` —
+hashed, not drawn from a global RNG — so it does not depend on which xdist worker runs an item
+or in which order, each cycle sees fresh data, and the same cycle from the same files is
+reproduced byte for byte. (``cycle`` 0 means "no cycle" and leaves it out of the hash: the
+draws of earlier versions.) The one exception is the cold start, which is per process, as
+real cold starts are.
 
 Behaviour of one simulated model (its entry under ``models:`` in ``selfopt.yaml``):
 
@@ -19,6 +22,12 @@ Behaviour of one simulated model (its entry under ``models:`` in ``selfopt.yaml`
                      (default 120 s, above any sane timeout) and so time out; warm-up absorbs them.
 ``ramble``           probability of an unrestrained answer: runs past the case's ``max_words``
                      and says what the case forbids (restraint, not correctness).
+``knob_effects``     how declared knobs change the behaviour: ``{knob: {value: {field: delta}}}``
+                     with ``field`` one of ``skill`` (every phase), ``flaky``,
+                     ``transient_errors``, ``latency_s``, ``ramble``; the delta is added and the
+                     result kept in range. E.g. ``{temperature: {0.7: {flaky: 0.2}}}``. The
+                     knob's value is read from the request's parameters (in-process) or the
+                     request body (the server). A sim model uses only the knobs named here.
 
 In-process, latency is simulated and reported, never slept: a cycle takes seconds and its
 files are reproducible. The HTTP simulator server (``selfopt sim-server``) uses the same
@@ -32,10 +41,11 @@ import json
 import math
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from statistics import NormalDist
 from typing import Any
 
+from pytest_selfopt.loop.spec import format_scalar
 from pytest_selfopt.models.base import Client, ProviderError, Reference, Reply, Request
 
 _NORMAL = NormalDist()
@@ -88,8 +98,51 @@ SIM_KEYS = frozenset(
         "cold_start_calls",
         "cold_start_latency_s",
         "ramble",
+        "knob_effects",
     }
 )
+#: The behaviour fields a knob value can shift, with the range the result is kept in.
+KNOB_EFFECT_FIELDS: dict[str, tuple[float, float]] = {
+    "skill": (0.0, 1.0),
+    "flaky": (0.0, 1.0),
+    "transient_errors": (0.0, 1.0),
+    "latency_s": (0.0, 3600.0),
+    "ramble": (0.0, 1.0),
+}
+KnobEffects = Mapping[str, Mapping[str, Mapping[str, float]]]
+
+
+def knob_value_key(value: Any) -> str:
+    """One spelling per knob value (``0.7``, ``1`` for 1.0, ``true``), so a value written as a
+    YAML key matches the spec's value and the value a JSON body carries."""
+    return format_scalar(value) if isinstance(value, str | int | float | bool) else repr(value)
+
+
+def _knob_effects(options: Mapping[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
+    raw = options.get("knob_effects", {})
+    if not isinstance(raw, Mapping):
+        raise ValueError(
+            f"knob_effects: expected a mapping of knob to {{value: {{field: delta}}}}, got {raw!r}"
+        )
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for knob, by_value in raw.items():
+        if not isinstance(by_value, Mapping):
+            raise ValueError(f"knob_effects.{knob}: expected a mapping of value to effects")
+        out[str(knob)] = {}
+        for value, effect in by_value.items():
+            where = f"knob_effects.{knob}.{knob_value_key(value)}"
+            if not isinstance(effect, Mapping):
+                raise ValueError(f"{where}: expected a mapping of field to delta, got {effect!r}")
+            deltas: dict[str, float] = {}
+            for name, delta in effect.items():
+                if name not in KNOB_EFFECT_FIELDS:
+                    raise ValueError(
+                        f"{where}.{name}: expected one of {', '.join(KNOB_EFFECT_FIELDS)}"
+                    )
+                lo, hi = KNOB_EFFECT_FIELDS[name]
+                deltas[name] = _checked(where, name, delta, lo - hi, hi - lo)
+            out[str(knob)][knob_value_key(value)] = deltas
+    return out
 
 
 @dataclass(frozen=True)
@@ -106,6 +159,7 @@ class SimBehaviour:
     cold_start_calls: int = 0
     cold_start_latency_s: float = 120.0
     ramble: float = 0.0
+    knob_effects: KnobEffects = field(default_factory=dict)
 
     @classmethod
     def from_options(cls, name: str, options: Mapping[str, Any]) -> SimBehaviour:
@@ -124,6 +178,30 @@ class SimBehaviour:
             cold_start_calls=cold,
             cold_start_latency_s=_float(options, "cold_start_latency_s", 120.0, 0.0, 36000.0),
             ramble=_float(options, "ramble", 0.0, 0.0, 1.0),
+            knob_effects=_knob_effects(options),
+        )
+
+    def under(self, knobs: Mapping[str, Any]) -> SimBehaviour:
+        """This behaviour shifted by the ``knob_effects`` of the knob values in ``knobs``."""
+        deltas: dict[str, float] = {}
+        for knob, by_value in self.knob_effects.items():
+            if knob in knobs:
+                for name, delta in by_value.get(knob_value_key(knobs[knob]), {}).items():
+                    deltas[name] = deltas.get(name, 0.0) + delta
+        if not deltas:
+            return self
+
+        def shift(name: str, value: float) -> float:
+            lo, hi = KNOB_EFFECT_FIELDS[name]
+            return min(hi, max(lo, value + deltas.get(name, 0.0)))
+
+        return replace(
+            self,
+            skill={phase: shift("skill", v) for phase, v in self.skill.items()},
+            flaky=shift("flaky", self.flaky),
+            transient_errors=shift("transient_errors", self.transient_errors),
+            latency_s=shift("latency_s", self.latency_s),
+            ramble=shift("ramble", self.ramble),
         )
 
     def skill_for(self, phase: str) -> float:
@@ -176,7 +254,8 @@ def simulate(
     cold: bool,
 ) -> SimOutcome:
     """Decide one attempt. Pure but for ``cold``, which the caller takes from a counter."""
-    key = (ref.seed, behaviour.name, ref.spec_id, ref.case_id, ref.run)
+    cycle = (ref.cycle,) if ref.cycle else ()  # 0: no cycle, the draws of earlier versions
+    key = (ref.seed, *cycle, behaviour.name, ref.spec_id, ref.case_id, ref.run)
     input_tokens = len(prompt.split())
     if cold:
         latency = behaviour.cold_start_latency_s
@@ -220,7 +299,7 @@ class SimClient:
                 f"simulated model {self._provider.behaviour.name!r} needs the case's reference "
                 "answer; run it through the selfopt runner",
             )
-        behaviour = self._provider.behaviour
+        behaviour = self._provider.behaviour.under(request.params)
         call = COLD_STARTS.next_call(behaviour.name)
         cold = call <= behaviour.cold_start_calls
         outcome = simulate(behaviour, ref, request.prompt, request.timeout_s, cold=cold)
@@ -253,6 +332,10 @@ class SimProvider:
 
     def new_client(self) -> Client:
         return SimClient(self)
+
+    def uses_knob(self, knob: str) -> bool:
+        """A simulated model reacts only to the knobs its ``knob_effects`` names."""
+        return knob in self.behaviour.knob_effects
 
 
 def create(name: str, options: Mapping[str, Any]) -> SimProvider:

@@ -54,6 +54,7 @@ _RESPONSE_KINDS = FAULT_KINDS - {"latency"}
 _BORING_HEADERS = frozenset(
     {"host", "accept-encoding", "connection", "user-agent", "content-length"}
 )
+_CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "api-key"})
 _ANTHROPIC_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -186,9 +187,14 @@ def error_body(status: int, message: str, anthropic: bool) -> dict[str, Any]:
 def echo_body(headers: Iterable[tuple[str, str]], encoding: str = "raw") -> bytes:
     """A 401 body quoting the request headers back, as careless servers quote a bad key: the
     client's own headers first, so they land in a client's short error excerpt."""
-    echoed = sorted(headers, key=lambda kv: kv[0].lower() in _BORING_HEADERS)
+
+    def order(kv: tuple[str, str]) -> int:  # credentials first, then the client's own
+        name = kv[0].lower()
+        return 0 if name in _CREDENTIAL_HEADERS else 2 if name in _BORING_HEADERS else 1
+
+    echoed = sorted(headers, key=order)
     wanted = ECHO_ENCODINGS[:-1] if encoding == "all" else (encoding,)
-    quoted = "; ".join(f"{k}: {_encode(v, e)}" for k, v in echoed for e in wanted)
+    quoted = "; ".join(f"{k}: {' | '.join(_encode(v, e) for e in wanted)}" for k, v in echoed)
     message = f"invalid credentials; request headers: {quoted}"
     text = json.dumps({"error": {"message": message, "type": "authentication_error"}})
     if encoding in ("json_slash", "all"):

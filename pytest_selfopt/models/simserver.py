@@ -185,7 +185,8 @@ class _Handler(BaseHTTPRequestHandler):
         cold = st.cold.next_call(alias) <= behaviour.cold_start_calls
         if cold:
             st.bump("cold_starts", alias)
-        outcome = simulate(behaviour, ref, prompt_of(body), math.inf, cold)
+        knobs = body if isinstance(body, dict) else {}  # knob values travel as body fields
+        outcome = simulate(behaviour.under(knobs), ref, prompt_of(body), math.inf, cold)
         st.sleep(outcome.latency_s * st.time_scale)
         if outcome.error_kind == "http_429":  # transient errors the behaviour asked for
             raise _Reject(429, "simulated rate limit", {"Retry-After": f"{st.time_scale:g}"})
