@@ -7,7 +7,6 @@ is ``orchestrate``'s (docs/architecture.md, "pytest integration").
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import signal
@@ -30,8 +29,6 @@ from pytest_selfopt.store.journal import (
     Identity,
     Journal,
     JournalError,
-    digest,
-    file_digest,
     journal_path,
     read_journal,
 )
@@ -106,6 +103,11 @@ class Controller:
         state.shipment = self.prepared.shipment
         self.policy = self._policy(self.prepared.settings.policy)
         self.identity = self._identity(self.prepared)
+        if self.state.shard is not None and config.getoption("selfopt_race_after"):
+            raise pytest.UsageError(
+                "--selfopt-shard and --selfopt-race-after exclude each other: racing decides "
+                "on all of a phase's cases, and a shard holds only some of them"
+            )
         if self.state.shard is not None and not config.getoption("selfopt_samples"):
             raise pytest.UsageError(
                 "--selfopt-shard needs --selfopt-samples=PATH: where this shard's samples go"
@@ -119,17 +121,10 @@ class Controller:
 
     def _identity(self, prepared: Prepared) -> Identity:
         """What makes two sessions the same cycle (the journal's and the shards' key)."""
-        assert self.state.config_path is not None and self.state.shipment is not None
-        names = ("baseline.yaml", "routing.yaml", "history.json", "decisions.log")
-        shipment = self.state.shipment
-        return Identity(
-            config=file_digest(self.state.config_path),
-            committed={n: file_digest(prepared.baselines_dir / n) for n in names},
-            seed=shipment.seed,
-            cycle=prepared.state.last_cycle + 1,
-            runs=shipment.runs,
-            plan=digest(json.dumps(shipment.to_dict(), sort_keys=True).encode()),
-        )
+        from pytest_selfopt.plugin.orchestrate import plan_identity
+
+        assert self.state.config_path is not None
+        return plan_identity(prepared, self.state.config_path)
 
     def _start_journal(self) -> None:
         """Every sample goes to the journal as it arrives; ``--selfopt-resume`` starts from
@@ -310,7 +305,7 @@ class Controller:
                 self.identity,
                 self.state.shard,
                 entries,
-                skipped=sorted(self.collected.raced),
+                skipped=sorted(self.collected.skipped),
                 unjudged=self.collected.unjudged_functions(),
                 check=self.state.check,
             )

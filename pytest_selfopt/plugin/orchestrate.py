@@ -25,7 +25,11 @@ from pytest_selfopt.report.markdown import check_markdown, markdown
 from pytest_selfopt.report.power import power_lines
 from pytest_selfopt.report.terminal import check_terminal_lines
 from pytest_selfopt.store import files
+from pytest_selfopt.store.journal import Identity, digest, file_digest
 from pytest_selfopt.suite.config import SuiteConfig, load_config
+
+#: The committed files, by name (their digests are part of a plan's identity).
+COMMITTED_FILES = ("baseline.yaml", "routing.yaml", "history.json", "decisions.log")
 
 #: The phase name a plan is computed under for phases first seen at collection.
 ANY_PHASE = "*"
@@ -153,6 +157,20 @@ def prepare(
         default_route=default_route,
     )
     return Prepared(config, baselines_dir, committed, state, settings, shipment)
+
+
+def plan_identity(prepared: Prepared, config_path: Path) -> Identity:
+    """The identity of the plan ``prepared`` holds: what the controller records in its journal
+    and shards (plugin/controller.py); ``selfopt decide`` recomputes it to compare."""
+    shipment = prepared.shipment
+    return Identity(
+        config=file_digest(config_path),
+        committed={n: file_digest(prepared.baselines_dir / n) for n in COMMITTED_FILES},
+        seed=shipment.seed,
+        cycle=prepared.state.last_cycle + 1,
+        runs=shipment.runs,
+        plan=digest(json.dumps(shipment.to_dict(), sort_keys=True).encode()),
+    )
 
 
 def fallbacks_after(settings: LoopSettings, model: str) -> tuple[str, ...]:

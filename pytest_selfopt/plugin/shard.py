@@ -35,14 +35,13 @@ import pytest
 
 from pytest_selfopt.loop.types import Sample
 from pytest_selfopt.plugin.items import case_of, point_of
-from pytest_selfopt.store.journal import Entry, Identity, digest, file_digest
+from pytest_selfopt.store.journal import Entry, Identity
 
 if TYPE_CHECKING:
-    from pytest_selfopt.plugin.orchestrate import Prepared
+    pass
 
 FORMAT = 1
 #: The committed files whose digests are part of a plan's identity.
-COMMITTED = ("baseline.yaml", "routing.yaml", "history.json", "decisions.log")
 
 Key = tuple[str, str, str, int]  # phase, spec_id, case_id, run
 
@@ -202,7 +201,7 @@ def set_problems(files: Sequence[ShardFile]) -> list[str]:
             if f.check != check
         ]
     owner: dict[Key, ShardFile] = {}
-    for f in files:
+    for f in first.values():  # a file already named above is not named twice
         for e in f.entries:
             key = (e.sample.phase, e.sample.spec_id, e.sample.case_id, e.sample.run)
             other = owner.setdefault(key, f)
@@ -222,7 +221,7 @@ def identity_problems(files: Sequence[ShardFile], current: Identity) -> list[str
     other = [f for f in files if f.identity != current]
     if not other:
         return []
-    if len(other) == len(files) and len({f.identity for f in files}) == 1:
+    if len(other) == len(files) and len({f.identity.key for f in files}) == 1:
         why = "; ".join(current.differences(other[0].identity)) or "another plan"
         return [
             f"{', '.join(f.shown for f in files)}: the shards were run for another plan than "
@@ -236,20 +235,6 @@ def identity_problems(files: Sequence[ShardFile], current: Identity) -> list[str
         "this commit"
         for f in other
     ]
-
-
-def plan_identity(prepared: Prepared, config_path: Path) -> Identity:
-    """The identity of the plan ``prepared`` holds: what the controller records in its journal
-    and shards (plugin/controller.py); ``selfopt decide`` recomputes it to compare."""
-    shipment = prepared.shipment
-    return Identity(
-        config=file_digest(config_path),
-        committed={n: file_digest(prepared.baselines_dir / n) for n in COMMITTED},
-        seed=shipment.seed,
-        cycle=prepared.state.last_cycle + 1,
-        runs=shipment.runs,
-        plan=digest(json.dumps(shipment.to_dict(), sort_keys=True).encode()),
-    )
 
 
 def shown(path: Path) -> str:
