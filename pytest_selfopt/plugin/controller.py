@@ -254,6 +254,10 @@ class Controller:
                 "checks (data, not errors: the decisions above count them)"
             )
 
+    def pytest_unconfigure(self) -> None:
+        if self.board is not None:
+            self.board.close()
+
     def close(self, session: pytest.Session, exitstatus: int) -> bool:
         """Close the cycle; False when nothing was decided."""
         prepared = self.prepared
@@ -408,8 +412,11 @@ class ControllerXdist:
             node.workerinput[DONE_KEY] = [list(key) for key in sorted(state.done)]
             node.workerinput[CONFIG_PATH_KEY] = str(state.config_path)
         if self.controller.board is not None:
-            path = self.controller.board.temp_file(self.controller.config.add_cleanup)
-            node.workerinput[racing.FILE_KEY] = str(path)
+            # Racing decisions reach the worker over xdist's own channel, never through a
+            # path on this machine: a worker may run elsewhere (--tx ssh=...).
+            channel = node.gateway.newchannel()
+            node.workerinput[racing.CHANNEL_KEY] = channel
+            self.controller.board.add_channel(channel)
 
 
 @contextmanager

@@ -27,7 +27,7 @@ from pytest_selfopt.plugin.controller import (
 )
 from pytest_selfopt.plugin.items import case_of, marker_phase, module_phase
 from pytest_selfopt.plugin.llm import LLM
-from pytest_selfopt.plugin.racing import FILE_KEY, RaceReader
+from pytest_selfopt.plugin.racing import CHANNEL_KEY, ChannelRaceReader
 from pytest_selfopt.plugin.shard import parse_shard
 from pytest_selfopt.plugin.state import LLM_KEY, STATE_KEY, SessionState
 from pytest_selfopt.plugin.worker import Worker
@@ -140,8 +140,8 @@ def pytest_configure(config: pytest.Config) -> None:
             state.shipment = Shipment.from_dict(data)
             state.config_path = Path(workerinput[CONFIG_PATH_KEY])
         state.done = frozenset(tuple(key) for key in workerinput.get(DONE_KEY, ()))
-        if race_file := workerinput.get(FILE_KEY):
-            state.race = RaceReader(Path(race_file))
+        if (channel := workerinput.get(CHANNEL_KEY)) is not None:
+            state.race = ChannelRaceReader(channel)
         config.pluginmanager.register(Worker(state), "selfopt_worker")
         return
     controller = Controller(config, state)

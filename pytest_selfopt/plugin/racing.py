@@ -25,22 +25,19 @@ a candidate that cannot is *raced out*: its remaining items are skipped, never r
   reason and the recorded stats do not depend on scheduling: serial and ``-n 2`` agree.
 * **Skipped items are not samples.** They leave no sample, so no test counts them as a
   failure; the completeness check expects them (``wire.missing_samples``).
-* **Transport.** The board writes a JSON file atomically (``os.replace``) in a temporary
-  folder whose path reaches workers through ``workerinput``; a ``RaceReader`` re-reads it
-  when its stat changes. Without xdist the board itself answers ``reason_for``.
+* **Transport.** Under xdist the board sends its whole state over an execnet channel of
+  each worker's gateway, made when the node is configured (``workerinput``), whenever a
+  candidate is raced out; a ``ChannelRaceReader`` on the worker keeps the last state. Nothing
+  travels through a path on the controller's disk, so workers may run on other machines
+  (``--tx ssh=...``). Without xdist the board itself answers ``reason_for``.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import statistics
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pytest_selfopt.loop.types import (
@@ -60,8 +57,7 @@ if TYPE_CHECKING:  # numpy-backed: imported where used, so plain pytest runs sta
 
 #: Item user property: ``[phase, spec id, run, items of that (phase, spec, run)]``.
 #: ``workerinput`` key of the board file's path.
-FILE_KEY = "selfopt_race_file"
-FILE_NAME = "race.json"
+CHANNEL_KEY = "selfopt_race_channel"
 #: As ``loop/decide.py``: float noise never makes an equal median look better.
 TOLERANCE = 1e-9
 
@@ -184,29 +180,30 @@ class RaceBoard:
             rule,
             gates,
         )
-        self.path: Path | None = None
+        self.channels: list[Sender] = []
         self.raced: dict[tuple[str, str], RacedOut] = {}
         self._samples: dict[str, list[Sample]] = defaultdict(list)
         self._expected: dict[tuple[str, str, int], int] = {}
         self._finished: dict[tuple[str, str, int], int] = defaultdict(int)
         self._next_run: dict[str, int] = defaultdict(lambda: 1)  # first run not yet complete
 
-    def temp_file(self, add_cleanup: Callable[[Callable[[], None]], None]) -> Path:
-        """The board's file in a fresh temporary folder (made once), removed by ``add_cleanup``
-        (``config.add_cleanup``) at the end of the session."""
-        if self.path is None:
-            folder = Path(tempfile.mkdtemp(prefix="selfopt-race-"))
-            add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
-            self.attach_file(folder / FILE_NAME)
-        assert self.path is not None
-        return self.path
+    def add_channel(self, channel: Sender) -> None:
+        """Publish decisions on ``channel`` too (an execnet channel to one xdist worker)."""
+        self.channels.append(channel)
+        if self.raced:
+            channel.send(self.message())
 
-    def attach_file(self, path: Path) -> Path:
-        """Publish decisions to ``path`` too (xdist workers read it); returns the path."""
-        if self.path is None:
-            self.path = path
-            self._write()
-        return self.path
+    def message(self) -> dict[str, Any]:
+        """The whole board, so that a message is idempotent and order never matters."""
+        return {"raced_out": [r.to_dict() for r in self.raced.values()]}
+
+    def close(self) -> None:
+        for channel in self.channels:
+            try:
+                channel.close()
+            except Exception:  # noqa: BLE001 - a worker gone already needs nothing more
+                pass
+        self.channels.clear()
 
     def add_sample(self, sample: Sample) -> None:
         self._samples[sample.phase].append(sample)
@@ -224,8 +221,9 @@ class RaceBoard:
             self._next_run[phase] = run + 1
             if run == self.after or (run > self.after and self.rule.every_run):
                 new += self._race(plan, run)
-        if new and self.path is not None:
-            self._write()
+        if new:
+            for channel in self.channels:
+                channel.send(self.message())
         return new
 
     def reason_for(self, phase: str, spec_id: str) -> str | None:
@@ -281,45 +279,32 @@ class RaceBoard:
                 new.append(self.raced[key])
         return new
 
-    def _write(self) -> None:
-        assert self.path is not None
-        write_board(self.path, self.raced.values())
+
+class Sender(Protocol):
+    """The part of an execnet channel the board uses."""
+
+    def send(self, item: Any) -> None: ...
+    def close(self) -> None: ...
 
 
-def write_board(path: Path, raced: Iterable[RacedOut]) -> None:
-    """Atomically: a reader sees the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"raced_out": [r.to_dict() for r in raced]}), encoding="utf-8")
-    os.replace(tmp, path)
+class ChannelRaceReader:
+    """Worker side: the board as last sent over xdist's channel (execnet calls ``receive``
+    in its own thread; swapping the dict is atomic). Until a message arrives nothing is
+    raced out: at worst an item runs and becomes a sample, which is harmless."""
 
-
-class RaceReader:
-    """Worker side: the board's file, re-read only when its stat changes (cheap per item).
-    A missing or unreadable file keeps what was known: at worst an item runs and becomes a
-    sample, which is harmless."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._seen: tuple[int, int, int] | None = None
+    def __init__(self, channel: Any) -> None:
         self._out: dict[tuple[str, str], RacedOut] = {}
+        channel.setcallback(self.receive, endmarker=None)
+
+    def receive(self, message: Any) -> None:
+        if not isinstance(message, dict):
+            return  # the end marker: the controller closed the channel
+        raced = (RacedOut.from_dict(r) for r in message.get("raced_out", []))
+        self._out = {(r.phase, r.spec_id): r for r in raced}
 
     def reason_for(self, phase: str, spec_id: str) -> str | None:
-        self._refresh()
         out = self._out.get((phase, spec_id))
         return out.skip_reason if out else None
-
-    def _refresh(self) -> None:
-        try:
-            st = os.stat(self.path)
-            key = (st.st_mtime_ns, st.st_size, st.st_ino)
-            if key == self._seen:
-                return
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return
-        self._seen = key
-        raced = (RacedOut.from_dict(r) for r in data.get("raced_out", []))
-        self._out = {(r.phase, r.spec_id): r for r in raced}
 
 
 # -- deciding with racing ---------------------------------------------------------------------
