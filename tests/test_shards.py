@@ -179,13 +179,15 @@ def test_refused_shard_sets_name_the_file_and_write_nothing(
     assert set(committed(pytester.path)) == set(FILES)
 
 
+@pytest.mark.parametrize("race", [[], ["--selfopt-race-after=2"]], ids=["plain", "racing"])
 def test_tx_gateways_elsewhere_write_the_files_of_n2(
-    pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory
+    pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory, race: list[str]
 ) -> None:
     """Workers started by ``--tx 2*popen//chdir=DIR`` run from a copy of the rootdir in a
-    folder unrelated to it (xdist copies the rsync roots there), without racing."""
+    folder unrelated to it (xdist copies the rsync roots there): everything they need comes
+    over xdist's channel (racing included), nothing through a path on the controller's disk."""
     make_suite(pytester)
-    assert pytester.runpytest("benchmarks", "--selfopt", "-n", "2").ret == 0
+    assert pytester.runpytest("benchmarks", "--selfopt", "-n", "2", *race).ret == 0
     reference = committed(pytester.path)
     shutil.rmtree(pytester.path / "baselines")
     elsewhere = tmp_path_factory.mktemp("gateways")
@@ -196,6 +198,7 @@ def test_tx_gateways_elsewhere_write_the_files_of_n2(
         f"--tx=2*popen//chdir={elsewhere}",
         f"--rsyncdir={pytester.path}",
         "-W", "ignore::DeprecationWarning",
+        *race,
     )  # fmt: skip
     assert result.ret == 0, result.stdout.str()
     assert (elsewhere / pytester.path.name / "benchmarks" / "test_facts.py").exists()

@@ -29,6 +29,7 @@ from pytest_selfopt.store.journal import (
     Identity,
     Journal,
     JournalError,
+    file_digest,
     journal_path,
     read_journal,
 )
@@ -410,7 +411,11 @@ class ControllerXdist:
         if state.shipment is not None:
             node.workerinput[SHIPMENT_KEY] = state.shipment.to_dict()
             node.workerinput[DONE_KEY] = [list(key) for key in sorted(state.done)]
-            node.workerinput[CONFIG_PATH_KEY] = str(state.config_path)
+            # Relative to the rootdir, with its digest: a worker elsewhere (--tx ssh=...)
+            # reads its own checkout's copy, and refuses one that differs.
+            assert state.config_path is not None
+            rel = os.path.relpath(state.config_path, self.controller.config.rootpath)
+            node.workerinput[CONFIG_PATH_KEY] = [rel, file_digest(state.config_path)]
         if self.controller.board is not None:
             # Racing decisions reach the worker over xdist's own channel, never through a
             # path on this machine: a worker may run elsewhere (--tx ssh=...).

@@ -31,6 +31,7 @@ from pytest_selfopt.plugin.racing import CHANNEL_KEY, ChannelRaceReader
 from pytest_selfopt.plugin.shard import parse_shard
 from pytest_selfopt.plugin.state import LLM_KEY, STATE_KEY, SessionState
 from pytest_selfopt.plugin.worker import Worker
+from pytest_selfopt.store.journal import file_digest
 from pytest_selfopt.suite.cases import CHECK_RECORDER
 
 #: Options whose value is a path: pytest reads a separate value as a test path while it looks
@@ -138,7 +139,7 @@ def pytest_configure(config: pytest.Config) -> None:
         state.config_error = workerinput.get(CONFIG_ERROR_KEY)
         if (data := workerinput.get(SHIPMENT_KEY)) is not None:
             state.shipment = Shipment.from_dict(data)
-            state.config_path = Path(workerinput[CONFIG_PATH_KEY])
+            state.config_path, state.config_error = _worker_config(config, workerinput)
         state.done = frozenset(tuple(key) for key in workerinput.get(DONE_KEY, ()))
         if (channel := workerinput.get(CHANNEL_KEY)) is not None:
             state.race = ChannelRaceReader(channel)
@@ -151,6 +152,25 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(ControllerXdist(controller), "selfopt_xdist")
     if not _distributing(config):
         config.pluginmanager.register(Worker(state), "selfopt_worker")
+
+
+def _worker_config(config: pytest.Config, workerinput: dict[str, Any]) -> tuple[Path, str | None]:
+    """The suite config in this worker's checkout, and an error when it is not the one the
+    controller planned with (workers may run on other machines)."""
+    rel, expected = workerinput[CONFIG_PATH_KEY]
+    path = config.rootpath / rel
+    # xdist may run a worker from a copy of the rootdir (--tx ...//chdir=DIR --rsyncdir=...):
+    # look above its test paths too.
+    roots = [Path(arg.split("::")[0]).resolve() for arg in config.args]
+    above = [parent / rel for root in roots for parent in [root, *root.parents]]
+    for candidate in [path, *above]:
+        if file_digest(candidate) == expected:
+            return candidate, workerinput.get(CONFIG_ERROR_KEY)
+    return path, (
+        f"{path}: this xdist worker's suite config is missing or differs from the "
+        "controller's; run the workers on the same checkout (rsync it, or check out the "
+        "same commit)"
+    )
 
 
 def _distributing(config: pytest.Config) -> bool:

@@ -3,12 +3,17 @@
 It knows nothing of pytest: the plugin builds it, the test calls ``ask``, the case's
 ``check`` reports restraint through ``cases.CHECK_RECORDER``, and the plugin turns what was
 recorded here into the item's :class:`~pytest_selfopt.loop.types.Sample`.
+
+With concurrency the plugin may have made the item's call already (``plugin/prefetch.py``):
+the first ``ask`` takes that answer when it asks exactly what was called ahead, and calls the
+model itself otherwise; either way the answer is recorded the same.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from pytest_selfopt.loop.spec import Spec
 from pytest_selfopt.loop.types import WRONG_ANSWER, Sample
@@ -24,6 +29,14 @@ class TransportError(Exception):
         self.kind = kind
 
 
+class Prefetched(Protocol):
+    """A call made ahead for this item (``plugin/prefetch.py``)."""
+
+    def take(self, prompt: str, case: Case | None) -> Answer | None:
+        """Its answer when ``prompt`` (of ``case``) is what was called ahead; else None."""
+        ...
+
+
 @dataclass
 class LLM:
     """``llm.ask(prompt)`` -> the reply text, under the item's spec."""
@@ -37,6 +50,10 @@ class LLM:
     answers: list[Answer] = field(default_factory=list)
     check: CheckResult | None = None
     explicit_restraint: float | None = None
+    #: The call made ahead for this item, taken by the first ``ask`` if it asks the same.
+    prefetched: Prefetched | None = None
+    #: What the first ``ask`` asked (prompt, case): how the plugin learns a test's shape.
+    first_ask: tuple[str, Case | None] | None = None
 
     @property
     def model(self) -> str:
@@ -47,9 +64,16 @@ class LLM:
         case = self.case
         if isinstance(prompt, Case):
             case, prompt = prompt, prompt.prompt
-        answer = self.runner.ask(
-            self.spec, prompt, case=case, run=self.run, fallbacks=tuple(self.fallbacks)
-        )
+        answer: Answer | None = None
+        if self.first_ask is None:
+            self.first_ask = (prompt, case)
+            ticket, self.prefetched = self.prefetched, None
+            if ticket is not None:
+                answer = ticket.take(prompt, case)
+        if answer is None:
+            answer = self.runner.ask(
+                self.spec, prompt, case=case, run=self.run, fallbacks=tuple(self.fallbacks)
+            )
         self.answers.append(answer)
         if answer.text is None:
             kind = answer.error_kind or "protocol"

@@ -1,5 +1,6 @@
 """The worker side of a session: collects the ``llm`` items over (spec, run), orders them,
-skips raced-out ones, and puts each item's sample on its report.
+skips raced-out ones, keeps the next items' calls in flight with concurrency
+(``prefetch.Prefetcher``), and puts each item's sample on its report.
 
 Registered in every process that runs items: each xdist worker, and the main process of a
 session without xdist (docs/architecture.md, "pytest integration"). It never decides
@@ -17,11 +18,15 @@ from typing import Any
 import pytest
 
 from pytest_selfopt.plugin.codec import ItemKey, ReportPayload, TestBug, attach, points
+from pytest_selfopt.plugin.controller import CONTROLLER_NAME
 from pytest_selfopt.plugin.items import case_of, module_phase, phase_of, point_of
 from pytest_selfopt.plugin.llm import LLM, TransportError
+from pytest_selfopt.plugin.prefetch import OUTPUT_KEY, Prefetcher, PrefetchStats, WorkerQueue
 from pytest_selfopt.plugin.shard import select_items
 from pytest_selfopt.plugin.state import LLM_KEY, SessionState
 from pytest_selfopt.suite.cases import Case
+from pytest_selfopt.suite.config import load_config
+from pytest_selfopt.suite.yamlread import ConfigError
 
 #: Fields of a sample shown as ``--junitxml`` properties, for people reading CI results.
 JUNIT_FIELDS = (
@@ -41,6 +46,9 @@ def worker_id() -> str:
 class Worker:
     def __init__(self, state: SessionState) -> None:
         self.state = state
+        self.prefetcher: Prefetcher | None = None
+        self.prefetch_checked = False  # whether this process calls ahead was settled
+        self.prefetch_stats: PrefetchStats | None = None
 
     # -- collection ----------------------------------------------------------------------
     @pytest.hookimpl(trylast=True)
@@ -106,6 +114,49 @@ class Worker:
 
     # -- running -------------------------------------------------------------------------
     @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+        """Concurrency: the next items' model calls are made ahead, in item order."""
+        if not self.prefetch_checked and "llm" in getattr(item, "fixturenames", ()):
+            self.prefetch_checked = True
+            self.prefetcher = self._make_prefetcher(item.config)
+        if self.prefetcher is not None:
+            self.prefetcher.before(item, nextitem)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(
+        self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+    ) -> Generator[None, Any, Any]:
+        value = yield
+        if self.prefetcher is not None and fixturedef.argname == "llm" and isinstance(value, LLM):
+            self.prefetcher.attach(request.node, value)
+        return value
+
+    def _make_prefetcher(self, config: pytest.Config) -> Prefetcher | None:
+        """A pool of N calls in flight, when N > 1 (``--selfopt-concurrency``, else the
+        suite's ``concurrency``) and there is a suite to call."""
+        state = self.state
+        if state.config_error is not None or state.config_path is None or state.shipment is None:
+            return None
+        concurrency: int | None = config.getoption("selfopt_concurrency", None)
+        if concurrency is None:
+            try:
+                concurrency = int(getattr(load_config(state.config_path), "concurrency", 1))
+            except ConfigError:
+                return None  # the llm fixture reports it
+        if concurrency <= 1:
+            return None
+        workerinput = getattr(config, "workerinput", None)
+        return Prefetcher(
+            state.get_runner(),
+            concurrency,
+            state.shipment,
+            measuring=state.measuring,
+            race=state.race,
+            race_after=int(config.getoption("selfopt_race_after", 0) or 0),
+            queue=WorkerQueue.find(config) if workerinput is not None else None,
+        )
+
+    @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         """A raced-out candidate's item is skipped before any fixture or model call."""
         race = self.state.race
@@ -130,6 +181,8 @@ class Worker:
         llm = item.stash.get(LLM_KEY, None)
         if call.when == "call" and llm is not None:
             self._sample(item, call, report, llm)
+        if call.when == "teardown" and self.prefetcher is not None:
+            self.prefetcher.after(item, llm)
 
     def _sample(
         self, item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport, llm: LLM
@@ -159,8 +212,31 @@ class Worker:
             item.user_properties.append((f"selfopt.{name}", getattr(sample, name)))
 
     @pytest.hookimpl(trylast=True)
-    def pytest_sessionfinish(self) -> None:
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        stats = self.prefetcher.close() if self.prefetcher is not None else None
+        self.prefetcher = None
+        runner = self.state.runner
+        notes = runner.limit_notes() if runner is not None else []
+        if notes:  # 429 slow-downs are said with or without concurrency
+            stats = stats or PrefetchStats()
+            stats.notes = notes
         self.state.close()
+        self.prefetch_stats = stats
+        workeroutput = getattr(session.config, "workeroutput", None)
+        if stats is not None and isinstance(workeroutput, dict):  # the controller sums them
+            workeroutput[OUTPUT_KEY] = stats.to_dict()
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        """Calls made ahead and unconsumed calls, after the controller's lines."""
+        lines = self.prefetch_stats.lines() if self.prefetch_stats is not None else []
+        if not lines:
+            return
+        controller = terminalreporter.config.pluginmanager.get_plugin(CONTROLLER_NAME)
+        if not getattr(controller, "summary", None):
+            terminalreporter.write_sep("=", "selfopt")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 def _item_key(item: pytest.Item) -> tuple[str, str, str, int] | None:
