@@ -150,7 +150,8 @@ class Controller:
             )
             self.resumed = len(kept)
         self.journal = Journal(path, identity)
-        self.journal.start(kept)
+        if kept:
+            self.journal.start(kept)
 
     def _policy(self, name: str) -> GatePolicy:
         """The suite's gate policy: a built-in one, or one a plugin's hook returned."""

@@ -134,8 +134,11 @@ class Journal:
         self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held for the session
 
     def append(self, entry: Entry) -> None:
+        """Started lazily, at the first sample: a session that breaks before any sample
+        leaves an earlier journal of the same plan alone."""
         if self._fh is None:
-            return
+            self.start()
+        assert self._fh is not None
         self._fh.write(_line(entry))
         self._fh.flush()
         self.count += 1
@@ -149,6 +152,10 @@ class Journal:
         """The cycle closed: its samples are in the committed files (or were only a check)."""
         self.close()
         self.path.unlink(missing_ok=True)
+
+    @property
+    def started(self) -> bool:
+        return self._fh is not None
 
 
 def _line(entry: Entry) -> str:
