@@ -20,6 +20,17 @@ def whole_number(text: str, minimum: int | None = None) -> int:
     return value
 
 
+def run_count(text: str) -> int:
+    """argparse type for ``--selfopt-runs``: 1 to 1,000 (more would collect millions of items)."""
+    value = whole_number(text, 1)
+    if value > 1000:
+        raise argparse.ArgumentTypeError(
+            f"expected at most 1000 runs per spec (more would collect millions of test items), "
+            f"got {text!r}"
+        )
+    return value
+
+
 def positive_int(text: str) -> int:
     return whole_number(text, 1)
 

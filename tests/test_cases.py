@@ -494,3 +494,37 @@ def test_evaluate_is_total(reply: str) -> None:
     result = c.evaluate(reply)
     assert result.restraint is not None and 0.0 <= result.restraint <= 1.0
     assert len(result.kept) + len(result.broken) == 2
+
+
+# --------------------------------------------------------------------------- regex budget
+
+
+def test_a_catastrophic_regex_is_refused_at_load_naming_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "atomic.yaml"
+    path.write_text(
+        "cases:\n  - id: redos\n    prompt: Say a\n    expect: {regex: '^(a+)+$'}\n"
+        "    answer: a\n    wrong_answer: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa!\n"
+    )
+    with pytest.raises(CaseError) as err:
+        load_cases(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: cases[0].expect.regex: on the wrong answer 'aaaa")
+    assert "backtracks exponentially" in message
+
+
+def test_the_regex_budget_leaves_a_running_timer_armed() -> None:
+    import signal
+
+    from pytest_selfopt.suite.checks import regex_search
+
+    fired: list[int] = []
+    previous = signal.signal(signal.SIGALRM, lambda *_: fired.append(1))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 30.0)
+        assert regex_search("b+", "abbbc")
+        left, _ = signal.getitimer(signal.ITIMER_REAL)
+        assert 25.0 < left <= 30.0 and signal.getsignal(signal.SIGALRM) is not None
+        assert not fired
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

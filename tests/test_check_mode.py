@@ -1,4 +1,4 @@
-"""``pytest --selfopt-check`` through real sessions on a copy of the example suite.
+"""``pytest --selfopt-check`` through in-process sessions on the mini suite (tests/suites.py).
 
 The contract (issue 5): measure the routed spec of every phase, compare with the committed
 baseline through the regression gate, write nothing, exit 1 on a regression naming the phases
@@ -11,31 +11,23 @@ import os
 from pathlib import Path
 
 import pytest
-from suites import copy_example
-
-CYCLE = ("--selfopt", "-p", "no:cacheprovider", "benchmarks")
-CHECK = ("--selfopt-check", "-p", "no:cacheprovider", "benchmarks")
-
-
-#: pytester's own capture of a subprocess's output, not written by the plugin
-CAPTURE = {Path("stdout"), Path("stderr")}
+from suites import CHECK, CYCLE, XDIST, mini_suite, run
 
 
 def tree(root: Path) -> dict[str, tuple[bytes, int]]:
     """Every file under ``root`` (bytecode caches aside) with its bytes and mtime."""
     out = {}
     for path in sorted(root.rglob("*")):
-        skip = "__pycache__" in path.parts or path.relative_to(root) in CAPTURE
-        if path.is_file() and not skip:
+        if path.is_file() and "__pycache__" not in path.parts:
             out[str(path.relative_to(root))] = (path.read_bytes(), path.stat().st_mtime_ns)
     return out
 
 
 @pytest.fixture
 def committed(pytester: pytest.Pytester) -> pytest.Pytester:
-    """The example suite after one promoting cycle: atomic's baseline is variant=atomic."""
-    copy_example(pytester)
-    result = pytester.runpytest_subprocess(*CYCLE)
+    """The mini suite after one promoting cycle: atomic's baseline is variant=atomic."""
+    mini_suite(pytester)
+    result = run(pytester, *CYCLE)
     assert result.ret == 0, result.stdout.str()
     assert (pytester.path / "baselines" / "baseline.yaml").exists()
     return pytester
@@ -53,29 +45,29 @@ def make_harder(pytester: pytest.Pytester, case: str = "capital-france") -> None
 
 def test_unchanged_suite_passes_and_writes_nothing(committed: pytest.Pytester) -> None:
     before = tree(committed.path)
-    result = committed.runpytest_subprocess(*CHECK)
+    result = run(committed, *CHECK)
     out = result.stdout.str()
     assert result.ret == 0, out
     assert "selfopt check: no regression" in out
-    result.stdout.re_match_lines([r"\s+atomic\s+ok\s+median 0\.833 vs committed 0\.833"])
+    result.stdout.re_match_lines([r"\s+atomic\s+ok\s+median 0\.667 vs committed 0\.667"])
     assert "check mode: nothing written" in out
     assert tree(committed.path) == before
 
 
-@pytest.mark.parametrize("workers", [(), ("-n", "2")], ids=["serial", "xdist"])
+@pytest.mark.parametrize("workers", [(), XDIST], ids=["serial", "xdist"])
 def test_a_case_made_harder_fails_naming_phase_and_case(
     committed: pytest.Pytester, workers: tuple[str, ...]
 ) -> None:
     make_harder(committed)
     before = tree(committed.path)
-    result = committed.runpytest_subprocess(*CHECK, *workers)
+    result = run(committed, *CHECK, *workers)
     out = result.stdout.str()
     assert result.ret == 1, out
     result.stdout.re_match_lines(
         [
             r"selfopt check: 1 of \d phase\(s\) regressed: atomic",
-            r"\s+atomic\s+REGRESSED\s+median 0\.667 vs committed 0\.833",
-            r"\s+capital-france\s+\[P,P,P,P,P,P,P\] -> \[F,F,F,F,F,F,F\]",
+            r"\s+atomic\s+REGRESSED\s+median 0\.333 vs committed 0\.667",
+            r"\s+capital-france\s+\[P,P,P\] -> \[F,F,F\]",
         ]
     )
     assert tree(committed.path) == before
@@ -89,12 +81,12 @@ def test_check_report_goes_to_the_file_and_the_step_summary(
     summary.write_text("earlier step\n")
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     baselines = tree(committed.path / "baselines")
-    result = committed.runpytest_subprocess(*CHECK, "--selfopt-report", "check.md")
+    result = run(committed, *CHECK, "--selfopt-report", "check.md")
     assert result.ret == 1, result.stdout.str()
     report = (committed.path / "check.md").read_text()
     assert report.startswith("## pytest-selfopt check: 1 of")
-    assert "| atomic | **REGRESSED** | 0.833 | 0.667 |" in report
-    assert "| capital-france | `[P,P,P,P,P,P,P]` | `[F,F,F,F,F,F,F]` | 1.00 → 0.00 |" in report
+    assert "| atomic | **REGRESSED** | 0.667 | 0.333 |" in report
+    assert "| capital-france | `[P,P,P]` | `[F,F,F]` | 1.00 → 0.00 |" in report
     assert summary.read_text() == "earlier step\n" + report + "\n"
     assert tree(committed.path / "baselines") == baselines
 
@@ -102,15 +94,15 @@ def test_check_report_goes_to_the_file_and_the_step_summary(
 def test_check_without_committed_baseline_compares_nothing_and_passes(
     pytester: pytest.Pytester,
 ) -> None:
-    copy_example(pytester)
-    result = pytester.runpytest_subprocess(*CHECK)
+    mini_suite(pytester)
+    result = run(pytester, *CHECK)
     assert result.ret == 0, result.stdout.str()
     assert not (pytester.path / "baselines").exists()
     assert not [p for p in os.listdir(pytester.path) if p.endswith((".md", ".json"))]
 
 
 def test_check_and_selfopt_exclude_each_other(pytester: pytest.Pytester) -> None:
-    copy_example(pytester)
-    result = pytester.runpytest_subprocess(*CHECK, "--selfopt")
+    mini_suite(pytester)
+    result = run(pytester, *CHECK, "--selfopt")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "exclude each other" in result.stderr.str()

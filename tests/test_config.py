@@ -37,6 +37,7 @@ models:
     skill: 0.95
     latency_s: 2.5
     simulated: true
+    knob_effects: {temperature: {0.7: {flaky: 0.1}}, style: {terse: {ramble: -0.1}}}
 fallback_chain: [lfm, big]
 variants:
   native_api: "{prompt}"
@@ -157,7 +158,12 @@ BAD: list[tuple[str, str, str]] = [
     ),
     (edit(gates={"min_samples": 0}), "gates.min_samples", "expected a whole number >= 1, got 0"),
     (EXAMPLE + "gatez: {}\n", "gatez", "unknown key; expected one of: seed, runs"),
-    (edit(runs=True), "runs", "expected a whole number >= 1, got True"),
+    (edit(runs=True), "runs", "expected a whole number from 1 to 1,000 (runs per spec;"),
+    (
+        edit(runs=100_000),
+        "runs",
+        "more than 1,000 would collect millions of test items), got 100000",
+    ),
     (edit(max_candidates=-1), "max_candidates", "expected a whole number >= 0, got -1"),
     (edit(models=None), "models", "missing; expected a mapping of model alias"),
     (edit(models={}), "models", "expected at least one model, got {}"),
@@ -248,7 +254,7 @@ BAD: list[tuple[str, str, str]] = [
     (
         EXAMPLE + "runs: 3\n",
         "",
-        "not valid YAML (line 41, column 1): duplicate key 'runs' (first on line 3)",
+        "not valid YAML (line 42, column 1): duplicate key 'runs' (first on line 3)",
     ),
     ("models: {lfm: {provider: sim}\nvariants: x\n", "", "not valid YAML (line 2"),
     ("", "", "the file is empty"),
@@ -324,8 +330,10 @@ def test_api_key_env_must_be_a_variable_name_and_is_not_echoed(tmp_path: Path) -
 
 
 def test_api_key_env_name_is_accepted_and_kept(tmp_path: Path) -> None:
-    cfg = load_config(write(tmp_path, edit(models={"lfm": {"provider": "sim", "api_key_env": "LFM_KEY"},
-                                                   "big": {"provider": "sim"}})))  # fmt: skip
+    effects = {"temperature": {0.7: {"flaky": 0.1}}, "style": {"terse": {"ramble": -0.1}}}
+    big = {"provider": "sim", "knob_effects": effects}
+    models = {"lfm": {"provider": "sim", "api_key_env": "LFM_KEY"}, "big": big}
+    cfg = load_config(write(tmp_path, edit(models=models)))
     assert cfg.models["lfm"].options["api_key_env"] == "LFM_KEY"
 
 
@@ -373,7 +381,13 @@ def test_builtin_provider_whose_module_is_missing_still_loads(
 
 
 def test_yaml_12_scalars_keep_yes_no_and_times_as_strings(tmp_path: Path) -> None:
-    text = edit(knobs={"temperature": 0.0, "style": "plain", "mode": "x", "at": "y"})
+    import yaml
+
+    models = yaml.safe_load(EXAMPLE)["models"]
+    models["big"]["knob_effects"].update(
+        {"mode": {"z": {"flaky": 0.1}}, "at": {"z": {"flaky": 0.1}}}
+    )
+    text = edit(knobs={"temperature": 0.0, "style": "plain", "mode": "x", "at": "y"}, models=models)
     cfg = load_config(
         write(tmp_path, text.replace("mode: x", "mode: no").replace("at: y", "at: 1:30"))
     )
@@ -427,3 +441,89 @@ def test_real_http_providers_load_and_their_errors_name_the_key(tmp_path: Path) 
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, edit(models=models)))
     assert info.value.key == "models.lfm.base_url" and "expected an http(s) URL" in str(info.value)
+
+
+# --------------------------------------------------------------------------- bounds
+
+
+def test_search_lists_and_the_whole_file_are_bounded(tmp_path: Path) -> None:
+    values = list(range(1, config_mod.MAX_SEARCH_VALUES + 2))
+    with pytest.raises(ConfigError, match=r"search.timeout_s: 1,001 values to try, above the"):
+        load_config(write(tmp_path, edit(search={"timeout_s": values})))
+    many = list(range(1, config_mod.MAX_CONFIG_VALUES + 1))
+    with pytest.raises(ConfigError, match=r"selfopt.yaml: line \d+: more than 20,000 values"):
+        load_config(write(tmp_path, edit(search={"timeout_s": many})))
+
+
+def test_item_count_is_checked_against_the_limit(tmp_path: Path) -> None:
+    path = write(tmp_path, EXAMPLE)
+    config_mod.check_item_count(path, config_mod.MAX_ITEMS, 7)
+    with pytest.raises(ConfigError) as err:
+        config_mod.check_item_count(path, config_mod.MAX_ITEMS + 1, 7)
+    assert str(err.value).startswith(f"{path}: runs: this session would collect more than")
+    assert "lower runs (or --selfopt-runs), max_candidates or the number of cases" in str(err.value)
+
+
+def test_an_alias_bomb_is_refused_before_it_is_built(tmp_path: Path) -> None:
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi")
+    )
+    with pytest.raises(
+        ConfigError, match=r"selfopt.yaml: line 5: more than 20,000 values once its aliases"
+    ):
+        load_config(write(tmp_path, bomb))
+
+
+# --------------------------------------------------------------------------- concurrency, limits
+
+
+def test_concurrency_and_per_model_limits_are_fields_not_provider_options(tmp_path: Path) -> None:
+    import yaml
+
+    models = yaml.safe_load(EXAMPLE)["models"]
+    models["lfm"].update({"max_concurrency": 8, "rpm": 500, "tpm": 200000.5})
+    cfg = load_config(write(tmp_path, edit(models=models, concurrency=16)))
+    assert cfg.concurrency == 16
+    lfm = cfg.models["lfm"]
+    assert (lfm.max_concurrency, lfm.rpm, lfm.tpm) == (8, 500.0, 200000.5)
+    assert not {"max_concurrency", "rpm", "tpm"} & set(lfm.options)
+    big = cfg.models["big"]
+    assert (big.max_concurrency, big.rpm, big.tpm) == (None, None, None)
+    assert load_config(write(tmp_path, EXAMPLE)).concurrency == 1
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, "ten"])
+@pytest.mark.parametrize("key", ["concurrency", "max_concurrency", "rpm", "tpm"])
+def test_concurrency_and_limits_refuse_bad_values_naming_the_key(
+    tmp_path: Path, key: str, bad: Any
+) -> None:
+    import yaml
+
+    if key == "concurrency":
+        text, dotted = edit(concurrency=bad), "concurrency"
+    else:
+        models = yaml.safe_load(EXAMPLE)["models"]
+        models["lfm"][key] = bad
+        text, dotted = edit(models=models), f"models.lfm.{key}"
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    assert f"selfopt.yaml: {dotted}: expected" in str(err.value)
+
+
+def test_concurrency_is_bounded(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="at most 1,000 calls in flight per process"):
+        load_config(write(tmp_path, edit(concurrency=1001)))
+
+
+def test_a_declared_knob_no_model_can_use_is_refused(tmp_path: Path) -> None:
+    import yaml
+
+    models = yaml.safe_load(EXAMPLE)["models"]
+    del models["big"]["knob_effects"]["style"]
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, edit(models=models)))
+    assert str(err.value).endswith(
+        "selfopt.yaml: knobs.style: no model can use knob 'style': sim models react only to "
+        "knobs in their knob_effects; openai/anthropic send every knob except messages, "
+        "stream, system, model"
+    )

@@ -1,9 +1,9 @@
 """Diff-friendly committed files, proven: a one-knob promotion is a handful of changed lines.
 
 Unit level: ``dump_baseline``/``dump_routing`` of states differing in one knob. End to end:
-two real ``pytest --selfopt`` cycles on the example suite under git, where the second one
-promotes ``variant=atomic`` over an already measured baseline, and ``git diff`` of
-``baselines/`` is asserted line by line.
+two ``pytest --selfopt`` cycles (in-process, the mini suite of tests/suites.py) under git,
+where the second one promotes ``variant=terse`` over an already promoted, measured baseline,
+and ``git diff`` of ``baselines/`` is asserted line by line.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import yaml
 from filesdata import BASE, METRICS, baselines_of, routes_of
 from hypothesis import given
 from hypothesis import strategies as st
-from suites import copy_example
+from suites import CYCLE, MINI_CASES, MINI_CONFIG, mini_suite, run, set_config
 
 from pytest_selfopt.loop.spec import Spec
 from pytest_selfopt.loop.types import PhaseBaseline
@@ -123,19 +123,6 @@ def git(cwd: Path, *args: str) -> str:
     return done.stdout
 
 
-def set_config(pytester: pytest.Pytester, **changes: Any) -> None:
-    path = pytester.path / "benchmarks" / "selfopt.yaml"
-    config = yaml.safe_load(path.read_text())
-    for key, value in changes.items():
-        if key == "lfm":
-            config["models"]["lfm"].update(value)
-        elif key == "initial":
-            config["initial"].update(value)
-        else:
-            config[key] = value
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-
-
 def metric_text(key: str, value: Any) -> str:
     """The documented number format: whole numbers for counts, 4 decimals otherwise."""
     if value is None:
@@ -145,39 +132,45 @@ def metric_text(key: str, value: Any) -> str:
     return f"{value:.4f}"
 
 
+#: The mini suite's extended phase out of reach of every variant here: it never moves.
+HARD_EXTENDED = (
+    MINI_CASES["extended"]
+    .replace("difficulty: 0.3", "difficulty: 0.6")
+    .replace("difficulty: 0.5", "difficulty: 0.65")
+)
+
+
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 def test_git_diff_of_a_promoting_cycle_is_the_knob_and_its_metrics(
     pytester: pytest.Pytester,
 ) -> None:
-    # Cycle 1: transport errors that retries cure, and only `retries` to search: retries=5
-    # is promoted, so atomic starts cycle 2 from a measured baseline with metrics.
-    copy_example(pytester)
-    set_config(
-        pytester,
-        lfm={"transient_errors": 0.3},
-        initial={"retries": 0},
-        search={"retries": [0, 5]},
-    )
-    run = ("--selfopt", "-p", "no:cacheprovider", "benchmarks")
-    assert pytester.runpytest_subprocess(*run).ret == 0
+    # Cycle 1 promotes variant=atomic (0.333 -> 0.667), so atomic starts cycle 2 from a
+    # measured, promoted baseline with metrics.
+    mini_suite(pytester, cases={**MINI_CASES, "extended": HARD_EXTENDED})
+    assert run(pytester, *CYCLE).ret == 0
     folder = pytester.path / "baselines"
     first = yaml.safe_load((folder / "baseline.yaml").read_text())["phases"]["atomic"]
-    assert (first["spec"]["retries"], first["promoted_in_cycle"]) == (5, 1)
+    assert (first["spec"]["variant"], first["promoted_in_cycle"]) == ("atomic", 1)
     git(pytester.path, "init", "-q")
     git(pytester.path, "add", "baselines")
     git(pytester.path, "commit", "-q", "-m", "cycle 1")
 
-    # Cycle 2: the variant may change now; variant=atomic lifts atomic 0.667 -> 0.833.
-    set_config(pytester, search={"variant": ["native_api", "atomic"], "retries": [0, 5]})
-    result = pytester.runpytest_subprocess(*run)
+    # Cycle 2: a new variant, terse, lifts atomic 0.667 -> 1.000 (extended stays out of reach).
+    set_config(
+        pytester,
+        models={"lfm": {"variant_bonus": {"atomic": 0.15, "terse": 0.41}}},
+        variants={**MINI_CONFIG["variants"], "terse": "Be terse.\n\n{prompt}"},
+        search={"variant": ["native_api", "atomic", "terse"]},
+    )
+    result = run(pytester, *CYCLE)
     assert result.ret == 0, result.stdout.str()
     changed = git(pytester.path, "diff", "--name-only", "--", "baselines").split()
     assert changed == [
         f"baselines/{n}" for n in ("baseline.yaml", "decisions.log", "history.json", "routing.yaml")
     ]
 
-    old_spec = Spec("lfm", "native_api", 60, 5, "i0", False)
-    new_spec = old_spec.with_knob("variant", "atomic")
+    old_spec = Spec("lfm", "atomic", 60, 1, "i0", False)
+    new_spec = old_spec.with_knob("variant", "terse")
     entries = json.loads((folder / "history.json").read_text())["cycles"]
     before, after = (e["phases"]["atomic"]["baseline_after"] for e in entries)
     assert (before["spec_id"], after["spec_id"]) == (old_spec.id, new_spec.id)
@@ -189,7 +182,7 @@ def test_git_diff_of_a_promoting_cycle_is_the_knob_and_its_metrics(
                 (f"-      {key}: {metric_text(key, old)}", f"+      {key}: {metric_text(key, new)}")
             )
     reason = (
-        'reason: "variant=atomic: PROMOTE: median 0.833 > 0.667, variance 0.0000, restraint 1.00"'
+        'reason: "variant=terse: PROMOTE: median 1.000 > 0.667, variance 0.0000, restraint 1.00"'
     )
 
     diff = [
@@ -198,11 +191,11 @@ def test_git_diff_of_a_promoting_cycle_is_the_knob_and_its_metrics(
         if line.startswith(("-", "+")) and not line.startswith(("---", "+++"))
     ]
     assert diff[:8] == [
-        "-      variant: native_api",
-        "+      variant: atomic",
+        "-      variant: atomic",
+        "+      variant: terse",
         f"-    spec_id: {old_spec.id}",
         "-    promoted_in_cycle: 1",
-        '-    reason: "retries=5: PROMOTE: median 0.667 > 0.333, variance 0.0000, restraint 1.00"',
+        '-    reason: "variant=atomic: PROMOTE: median 0.667 > 0.333, variance 0.0000, restraint 1.00"',
         f"+    spec_id: {new_spec.id}",
         "+    promoted_in_cycle: 2",
         f"+    {reason}",
@@ -212,7 +205,7 @@ def test_git_diff_of_a_promoting_cycle_is_the_knob_and_its_metrics(
     assert sorted(rest) == sorted(line for pair in metric_lines for line in pair)
     assert [l for l in rest if l.startswith("-")] == [p[0] for p in metric_lines]
     assert [l for l in rest if l.startswith("+")] == [p[1] for p in metric_lines]
-    assert ("-      median: 0.6667", "+      median: 0.8333") in metric_lines
+    assert ("-      median: 0.6667", "+      median: 1.0000") in metric_lines
     # nothing else moved: same skeleton, and the extended phase is byte for byte the same
     committed = git(pytester.path, "show", "HEAD:baselines/baseline.yaml")
     now = (folder / "baseline.yaml").read_text()
@@ -225,8 +218,8 @@ def test_git_diff_of_a_promoting_cycle_is_the_knob_and_its_metrics(
         if line.startswith(("-", "+")) and not line.startswith(("---", "+++"))
     ]
     assert routing == [
-        "-    variant: native_api",
-        "+    variant: atomic",
+        "-    variant: atomic",
+        "+    variant: terse",
         f"-    spec_id: {old_spec.id}",
         f"+    spec_id: {new_spec.id}",
     ]

@@ -1,8 +1,8 @@
-"""The committed files: deterministic, atomic, locked, validated (DESIGN.md §9)."""
+"""The committed files: deterministic, atomic, locked, validated (docs/architecture.md,
+"Committed files"). The transaction under faults is tests/test_store_transaction.py."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -13,17 +13,12 @@ from typing import Any
 import pytest
 from filesdata import BASE, baselines_of, entry_of, routes_of, snapshot, write
 
-from pytest_selfopt.store import files
-from pytest_selfopt.store.files import (
-    ConcurrentChangeError,
-    LockedError,
-    StaleLockWarning,
-    git_commit,
-    load_routing,
-    read_state,
-)
+from pytest_selfopt.store.disk import sha256_of
+from pytest_selfopt.store.files import git_commit, load_routing, read_state
 from pytest_selfopt.store.formats import FilesError, dump_baseline, dump_routing
+from pytest_selfopt.store.lock import CycleLock, LockedError
 from pytest_selfopt.store.parse import parse_baseline
+from pytest_selfopt.store.transaction import ConcurrentChangeError
 
 # --------------------------------------------------------------------------- round trip
 
@@ -41,7 +36,9 @@ def test_round_trip_write_then_read_gives_the_same_state(tmp_path: Path) -> None
     assert state.baselines == baselines_of()
     assert state.routes == routes_of()
     assert state.history == [entry_of(1)]
-    assert state.baseline_sha256 == files.sha256_of((folder / "baseline.yaml").read_bytes())
+    assert state.baseline_sha256 == sha256_of((folder / "baseline.yaml").read_bytes())
+    assert set(state.sha256) == {"baseline.yaml", "routing.yaml", "history.json", "decisions.log"}
+    assert state.log_records == 1 and state.notes == ()
 
 
 def test_missing_folder_reads_as_empty_state(tmp_path: Path) -> None:
@@ -71,8 +68,7 @@ def test_cycle_without_promotion_leaves_baseline_and_routing_untouched(tmp_path:
         assert (folder / name).read_bytes() == before[name]
         assert (folder / name).stat().st_mtime_ns == old
     assert [e["cycle"] for e in read_state(folder).history] == [1, 2]
-    log = (folder / "decisions.log").read_text().splitlines()
-    assert [json.loads(x)["cycle"] for x in log] == [1, 2]
+    assert read_state(folder).log_records == 2
 
 
 def test_promotion_rewrites_baseline_and_routing(tmp_path: Path) -> None:
@@ -113,6 +109,22 @@ def test_compare_before_write_refuses_and_writes_nothing(tmp_path: Path, case: s
     assert snapshot(folder) == before
 
 
+@pytest.mark.parametrize("name", ["routing.yaml", "history.json", "decisions.log"])
+def test_a_hand_edit_of_any_committed_file_is_never_overwritten(tmp_path: Path, name: str) -> None:
+    folder = tmp_path / "baselines"
+    write(folder, 1, None)
+    state = read_state(folder)
+    path = folder / name
+    path.write_bytes(path.read_bytes() + b"\n" if name != "decisions.log" else path.read_bytes())
+    if name == "decisions.log":
+        path.write_bytes(path.read_bytes().replace(b'"HOLD"', b'"hold"'))
+    before = snapshot(folder)
+    with pytest.raises(ConcurrentChangeError) as err:
+        write(folder, 2, None, expected=state, expected_baseline_sha256=None)
+    assert str(err.value).startswith(str(path)) and "was modified" in str(err.value)
+    assert snapshot(folder) == before
+
+
 def _sleeper() -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
 
@@ -130,8 +142,9 @@ def test_live_lock_is_refused_with_a_clear_message(
         with pytest.raises(LockedError) as err:
             write(folder, 1, None)
         assert str(err.value) == (
-            f"baselines/ is locked by PID {owner.pid} (another selfopt run?); wait for it or "
-            "delete baselines/.selfopt.lock if that process is gone"
+            f"baselines/ is locked by PID {owner.pid} (another selfopt cycle is running); "
+            "nothing was written; wait for it to finish, or delete baselines/.selfopt.lock if "
+            "that process is gone"
         )
         assert snapshot(folder) == before
     finally:
@@ -145,10 +158,22 @@ def test_lock_of_a_dead_process_is_broken_with_a_note(tmp_path: Path) -> None:
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     (folder / ".selfopt.lock").write_text(f"{gone.pid}\n")
-    with pytest.warns(StaleLockWarning, match=f"PID {gone.pid}"):
-        changed = write(folder, 1, None)
-    assert len(changed) == 4
+    lock = CycleLock(folder)
+    note = lock.acquire()
+    assert note is not None and f"broke a stale lock of PID {gone.pid}" in note
+    assert len(write(folder, 1, None, lock=lock)) == 4
+    lock.release()
     assert not (folder / ".selfopt.lock").exists()
+
+
+def test_lock_of_a_reused_pid_is_stale(tmp_path: Path) -> None:
+    """A PID now running another process (its start time differs) does not hold the lock."""
+    folder = tmp_path / "baselines"
+    folder.mkdir()
+    (folder / ".selfopt.lock").write_text(f"{os.getpid()} 1\n")  # our PID, another start
+    if not Path(f"/proc/{os.getpid()}/stat").exists():
+        pytest.skip("process start times are read from /proc")
+    assert "broke a stale lock" in (CycleLock(folder).acquire() or "")
 
 
 def test_lock_without_pid_is_refused(tmp_path: Path) -> None:
@@ -159,24 +184,19 @@ def test_lock_without_pid_is_refused(tmp_path: Path) -> None:
         write(folder, 1, None)
 
 
-def test_lock_is_held_during_the_write_and_released_after(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_lock_is_held_during_the_write_and_released_after(tmp_path: Path) -> None:
     folder = tmp_path / "baselines"
     seen: list[str] = []
-    real = files.atomic_write
 
-    def spy(path: Path, data: bytes) -> None:
-        seen.append((folder / ".selfopt.lock").read_text().strip())
-        real(path, data)
+    def spy(step: str) -> None:
+        seen.append((folder / ".selfopt.lock").read_text().split()[0])
 
-    monkeypatch.setattr(files, "atomic_write", spy)
-    write(folder, 1, None)
-    assert seen and set(seen) == {str(os.getpid())}
+    write(folder, 1, None, on_step=spy)
+    assert len(seen) > 4 and set(seen) == {str(os.getpid())}
     assert not (folder / ".selfopt.lock").exists()
 
 
-def test_no_temporary_files_are_left_behind(
+def test_a_failed_write_leaves_the_old_files_and_no_temporaries(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     folder = tmp_path / "baselines"
@@ -190,17 +210,17 @@ def test_no_temporary_files_are_left_behind(
     before = snapshot(folder)
 
     def broken_replace(src: str, dst: str) -> None:
-        raise OSError("disk full")
+        raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", broken_replace)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(FilesError, match="No space left on device.*nothing was changed"):
         write(
             folder,
             2,
             read_state(folder).baseline_sha256,
             baselines=baselines_of(BASE.with_knob("retries", 2)),
         )
-    assert snapshot(folder) == before  # old content intact, temp file removed, lock released
+    assert snapshot(folder) == before  # old content intact, temporaries removed, lock released
 
 
 def test_written_files_keep_ordinary_permissions(tmp_path: Path) -> None:
@@ -209,13 +229,14 @@ def test_written_files_keep_ordinary_permissions(tmp_path: Path) -> None:
     assert (folder / "baseline.yaml").stat().st_mode & 0o777 == 0o644
 
 
-def test_torn_last_log_line_is_closed_before_appending(tmp_path: Path) -> None:
+def test_a_cut_off_log_is_refused_before_anything_is_appended(tmp_path: Path) -> None:
     folder = tmp_path / "baselines"
     folder.mkdir()
-    (folder / "decisions.log").write_text('{"cycle":0')
-    write(folder, 1, None)
-    lines = (folder / "decisions.log").read_text().splitlines()
-    assert lines[0] == '{"cycle":0' and json.loads(lines[1])["cycle"] == 1
+    (folder / "decisions.log").write_text('{"cycle":1,"phase":"a","event":"decision"}\n{"cyc')
+    before = snapshot(folder)
+    with pytest.raises(FilesError, match=r"decisions.log: line 2: cut short"):
+        write(folder, 1, None)
+    assert snapshot(folder) == before
 
 
 # --------------------------------------------------------------------------- validation
@@ -323,7 +344,7 @@ def test_malformed_history_refuses_the_write_and_writes_nothing(tmp_path: Path) 
         write(
             folder,
             2,
-            files.sha256_of(before["baseline.yaml"]),
+            sha256_of(before["baseline.yaml"]),
             baselines=baselines_of(BASE.with_knob("retries", 5)),
         )
     assert snapshot(folder) == before

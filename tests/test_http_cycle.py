@@ -1,9 +1,10 @@
-"""The HTTP path end to end: real pytest sessions (pytester subprocesses) running the example
-suite's HTTP variant (``benchmarks/http``, ``provider: openai``) against the simulator server
-on 127.0.0.1, plus the ``selfopt sim-server`` command itself.
+"""The HTTP path end to end: pytest sessions (in-process, tests/suites.py) running a suite
+over HTTP (``provider: openai``, the example's ``benchmarks/http`` test files and pytest.ini)
+against the simulator server on 127.0.0.1, plus the ``selfopt sim-server`` command itself.
 
-Each test starts its own :class:`SimServer` (port 0, a compressed clock) and points the copied
-suite's ``base_url`` at it. A server's cold start is per server and model (in-process it is per
+The suite is the mini suite; its HTTP variant in ``benchmarks/http`` asks the same cases of
+the same simulated models, served by a :class:`SimServer` each test starts (port 0, a
+compressed clock). A server's cold start is per server and model (in-process it is per
 process), so tests that look at cold starts start a fresh server per session.
 """
 
@@ -24,7 +25,17 @@ import httpx
 import pytest
 import yaml
 from _simserver_fixture import sim_servers
-from suites import EXAMPLE, copy_example, decisions, history, recommendations
+from suites import (
+    CYCLE,
+    EXAMPLE,
+    MINI_CONFIG,
+    XDIST,
+    decisions,
+    history,
+    mini_suite,
+    recommendations,
+    run,
+)
 
 from pytest_selfopt.models.simserver import SimServer, load_sim_models
 
@@ -36,8 +47,6 @@ SCALE = 0.02
 SECRET = "sk-test-SECRET123"
 KEY_ENV = "SELFOPT_TEST_KEY"
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture
 def sim_server() -> Iterator[Callable[..., SimServer]]:
@@ -45,22 +54,34 @@ def sim_server() -> Iterator[Callable[..., SimServer]]:
         yield start
 
 
-def example_server(start: Callable[..., SimServer]) -> SimServer:
-    """A server with the in-process example's own simulated models (lfm, claude-haiku)."""
-    return start(load_sim_models(EXAMPLE / "selfopt.yaml"), time_scale=SCALE)
+def mini_server(start: Callable[..., SimServer], pytester: pytest.Pytester) -> SimServer:
+    """The mini suite in ``benchmarks/``, and a server with its simulated models."""
+    bench = mini_suite(pytester)
+    return start(load_sim_models(bench / "selfopt.yaml"), time_scale=SCALE)
 
 
 def http_suite(pytester: pytest.Pytester, server: SimServer, **overrides: Any) -> Path:
-    """The example (with ``benchmarks/http``) in ``pytester.path``; the HTTP config's models
-    pointed at ``server``, top-level keys overridden (models too: then given whole)."""
-    copy_example(pytester)
-    shutil.rmtree(pytester.path / HTTP / "baselines", ignore_errors=True)  # a manual run's
-    path = pytester.path / HTTP / "selfopt.yaml"
-    config = yaml.safe_load(path.read_text())
-    config.update(overrides)
+    """The mini suite in ``benchmarks/`` and its HTTP variant in ``benchmarks/http`` (the
+    example's test files and pytest.ini): every model an openai model of ``server``, top-level
+    keys overridden (models too: then given whole)."""
+    if not (pytester.path / "benchmarks").exists():
+        mini_suite(pytester)
+    http = pytester.path / HTTP
+    http.mkdir()
+    for name in ("pytest.ini", "http_atomic.py", "http_extended.py"):
+        shutil.copy(EXAMPLE / "http" / name, http / name)
+    config = {
+        **MINI_CONFIG,
+        "models": {
+            alias: {"provider": "openai", "model": alias, "simulated": True, "time_scale": SCALE}
+            for alias in MINI_CONFIG["models"]
+        },
+        **overrides,
+    }
     for model in config["models"].values():
         if model.get("provider") == "openai":
             model["base_url"] = server.url
+    path = http / "selfopt.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
@@ -76,17 +97,15 @@ def kinds(entry: dict[str, Any], phase: str) -> set[str]:
     return {d["kind"] for d in entry["phases"][phase]["diagnoses"]}
 
 
-# -- the example over HTTP ------------------------------------------------------------------
+# -- the suite over HTTP ----------------------------------------------------------------------
 
 
 def test_plain_run_of_one_case_over_http_passes_once(
     pytester: pytest.Pytester, sim_server: Callable[..., SimServer]
 ) -> None:
-    server = example_server(sim_server)
+    server = mini_server(sim_server, pytester)
     http_suite(pytester, server)
-    result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", HTTP, "-k", "capital-france", "-v"
-    )
+    result = run(pytester, "-p", "no:cacheprovider", HTTP, "-k", "capital-france", "-v")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*http_atomic.py::test_atomic[[]capital-france[]] PASSED*"])
     stats = server.stats()
@@ -98,16 +117,16 @@ def test_plain_run_of_one_case_over_http_passes_once(
 def test_http_cycles_with_xdist_decide_like_the_in_process_simulator(
     pytester: pytest.Pytester, sim_server: Callable[..., SimServer]
 ) -> None:
-    """Two cycles of the example: in-process (serially; tests/test_plugin_cycle.py shows -n 2
+    """Two cycles: in-process simulator (serially; tests/test_plugin_cycle.py shows -n 2
     decides the same) versus HTTP with -n 2, same seed. Cycle 1 uses lfm only; cycle 2 measures
     claude-haiku, whose 4 cold calls time out at 60 s in both: per process in-process (here one),
     per server over HTTP (shared by both workers), each enough for the cold-start diagnosis."""
-    server = example_server(sim_server)
+    server = mini_server(sim_server, pytester)
     http_suite(pytester, server)
     for cycle in (1, 2):
-        local = pytester.runpytest_subprocess(*RUN, "benchmarks")
+        local = run(pytester, *CYCLE)
         assert local.ret == 0, local.stdout.str()
-        remote = pytester.runpytest_subprocess(*RUN, HTTP, "-n", "2")
+        remote = run(pytester, *RUN, HTTP, *XDIST)
         assert remote.ret == 0, remote.stdout.str() + remote.stderr.str()
         want, got = history(pytester)[-1], http_history(pytester)[-1]
         assert got["cycle"] == want["cycle"] == cycle
@@ -163,7 +182,7 @@ def test_warmup_cures_the_servers_cold_start(
         {"haiku": {"skill": 0.95, "latency_s": 0.5, "cold_start_calls": 2}}, time_scale=SCALE
     )
     cold_suite(pytester, server, warmup=warmup)
-    result = pytester.runpytest_subprocess(*RUN, f"{HTTP}/http_atomic.py")
+    result = run(pytester, *RUN, f"{HTTP}/http_atomic.py")
     assert result.ret == 0, result.stdout.str()
     entry = http_history(pytester)[0]
     atomic = entry["phases"]["atomic"]
@@ -173,13 +192,13 @@ def test_warmup_cures_the_servers_cold_start(
         assert "cold_start" in kinds(entry, "atomic")
         assert ("atomic", "enable_warmup", "True") in recommendations(entry)
         assert patterns["capital-france"] == "[F,P,P]"  # run 1 of the first two cases timed out
-        assert patterns["boiling-point"] == "[F,P,P]"
+        assert patterns["prime-after-89"] == "[F,P,P]"
         assert "cold start" in result.stdout.str()
     else:
         assert "cold_start" not in kinds(entry, "atomic")
         assert not {r for r in recommendations(entry) if r[1] == "enable_warmup"}
         assert set(patterns.values()) == {"[P,P,P]"}
-        assert server.stats()["requests"] > 18  # the 18 measured calls plus warm-up pings
+        assert server.stats()["requests"] > 9  # the 9 measured calls plus warm-up pings
 
 
 # -- API keys stay secret ---------------------------------------------------------------------
@@ -215,12 +234,14 @@ def test_api_key_never_written_shown_or_reported(
         max_candidates=1,
     )
     report, doc = pytester.path / "out" / "report.md", pytester.path / "out" / "cycle.json"
-    cycle = pytester.runpytest_subprocess(
-        *RUN, HTTP, "-rA", "--tb=long", f"--selfopt-report={report}", f"--selfopt-json={doc}"
-    )
-    plain = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", HTTP, "-k", "capital-france", "--tb=long", "-l", "-vv", "-rA"
-    )
+    cycle = run(
+        pytester, *RUN, HTTP, "-rA", "--tb=long", f"--selfopt-report={report}",
+        f"--selfopt-json={doc}",
+    )  # fmt: skip
+    plain = run(
+        pytester, "-p", "no:cacheprovider", HTTP, "-k", "capital-france", "--tb=long", "-l",
+        "-vv", "-rA",
+    )  # fmt: skip
     plain.assert_outcomes(failed=1)
     # The runs really met the echo: a 401, not retried, its message quoting redacted headers.
     samples = json.loads(doc.read_text())["samples"]
@@ -267,6 +288,7 @@ def _serve(argv: list[str]) -> tuple[subprocess.Popen[str], str]:
 ARGS = ["--config", str(EXAMPLE / "selfopt.yaml"), "--port", "0", "--time-scale", "0.01"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "argv",
     [

@@ -225,7 +225,7 @@ def test_cold_start_is_held_then_verified_with_warmup(
     assert extended2.route_after.model == "lfm"
     if workers == 2 and cold_calls == {"gw1": 1}:
         # its one failure sits mid-pattern: only the per-worker reading sees the cold start
-        assert ("[P,P,P,F,P,P,P]", "cold_start") in {(d.pattern, d.kind) for d in haiku_diag}
+        assert ("[P,F,P,P,P,P,P]", "cold_start") in {(d.pattern, d.kind) for d in haiku_diag}
 
     extended3 = phase(c3, "extended")
     assert [(c.spec, c.origin) for c in extended3.plan.candidates] == [(HAIKU_WARM, "pending")]
@@ -342,7 +342,9 @@ def test_history_is_plain_json_in_a_fixed_order() -> None:
         "diagnoses",
         "recommendations",
         "enforced",
+        "next",
     ]
+    assert list(record["next"]) == ["planned", "waiting", "cooling_down", "retired"]
     (candidate,) = record["candidates"]
     assert list(candidate) == ["spec_id", "label", "origin", "spec", "metrics", "decision"]
     assert candidate["origin"] == "pending" and candidate["decision"]["verdict"] == HOLD

@@ -155,17 +155,16 @@ def test_thresholds_are_configurable() -> None:
     assert d.verdict == HOLD and d.gates[0].threshold == 10
 
 
-def test_every_sample_errored_cannot_be_decided() -> None:
+def test_an_errored_candidate_is_a_failed_candidate() -> None:
+    # issue 10.4: transport errors count as failures in the gates' arithmetic
     d = decide_one(stats([0.5] * 7), stats([0.0] * 7, samples=42, errored=42))
-    assert d.verdict == HOLD
-    assert d.reason.startswith("could not decide: every sample errored")
+    assert d.verdict == REJECT and d.cause == "improvement"
     assert len(d.gates) == 4
 
 
-def test_baseline_all_errored_cannot_be_decided() -> None:
+def test_a_baseline_that_cannot_answer_can_be_beaten() -> None:
     d = decide_one(stats([0.0] * 7, errored=42), stats([1.0] * 7))
-    assert d.verdict == HOLD
-    assert d.reason.startswith("could not decide: every sample errored")
+    assert d.verdict == PROMOTE and d.cause == "passed"
 
 
 def test_no_samples_cannot_be_decided() -> None:

@@ -60,7 +60,8 @@ def hand_set() -> list[Sample]:
         smp("c", 2, False, kind="wrong_answer", latency=6, started=22),
         smp("a", 3, True, latency=7, restraint=1.0, started=30),
         smp("b", 3, True, latency=8, started=31),
-        # case c's run 3 started first of all its samples: time order is r3, r1, r2
+        # case c's run 3 started first of all its samples (time order r3, r1, r2): patterns
+        # are still read in run order
         smp("c", 3, True, latency=9, started=5, worker="gw1"),
     ]
 
@@ -85,16 +86,16 @@ def test_hand_computed_statistics() -> None:
     assert s.passes == ((True, True, False), (True, False, False), (True, True, True))
 
 
-def test_patterns_are_in_time_order() -> None:
+def test_patterns_are_in_run_order_not_completion_order() -> None:
     s = evaluate(hand_set())[("p", "s")]
     c = s.patterns[2]
     assert c.case_id == "c"
-    assert c.runs == (3, 1, 2)
-    assert c.outcomes == (True, False, False)
-    assert c.error_kinds == (None, "timeout", "wrong_answer")
-    assert c.workers == ("gw1", "gw1", "main")
-    assert c.started_at == (5.0, 12.0, 22.0)
-    assert c.render() == "[P,F,F]"
+    assert c.runs == (1, 2, 3)
+    assert c.outcomes == (False, False, True)
+    assert c.error_kinds == ("timeout", "wrong_answer", None)
+    assert c.workers == ("gw1", "main", "gw1")
+    assert c.started_at == (12.0, 22.0, 5.0)
+    assert c.render() == "[F,F,P]"
     assert [p.case_id for p in s.patterns] == list(s.case_ids)
 
 

@@ -1,18 +1,17 @@
-"""Broken sessions write nothing; bad input is named; exit statuses say what happened."""
+"""Broken sessions write nothing; bad input is named; exit statuses say what happened.
+
+In-process sessions on the mini suite (tests/suites.py); ``-n 2`` where a worker is the point.
+"""
 
 from __future__ import annotations
 
-import textwrap
-
 import pytest
-from suites import copy_example, decisions, history, snapshot
-
-RUN = ("--selfopt", "-p", "no:cacheprovider", "benchmarks")
+from suites import CHECK, CYCLE, PLAIN, XDIST, decisions, history, mini_suite, run, snapshot
 
 
 def test_bad_config_names_file_and_key_and_writes_nothing(pytester: pytest.Pytester) -> None:
-    copy_example(pytester, gates={"max_variance": "lots"})
-    result = pytester.runpytest_subprocess(*RUN)
+    mini_suite(pytester, gates={"max_variance": "lots"})
+    result = run(pytester, *CYCLE)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     err = result.stderr.str()
     assert "selfopt.yaml" in err and "gates.max_variance" in err and "expected" in err
@@ -20,7 +19,7 @@ def test_bad_config_names_file_and_key_and_writes_nothing(pytester: pytest.Pytes
 
 
 def test_unknown_model_in_initial_is_refused_before_any_call(pytester: pytest.Pytester) -> None:
-    copy_example(
+    mini_suite(
         pytester,
         initial={
             "model": "gpt-9",
@@ -31,18 +30,18 @@ def test_unknown_model_in_initial_is_refused_before_any_call(pytester: pytest.Py
             "warmup": False,
         },
     )
-    result = pytester.runpytest_subprocess(*RUN)
+    result = run(pytester, *CYCLE)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "initial.model" in result.stderr.str()
     assert snapshot(pytester) == {}
 
 
 def test_malformed_committed_file_is_named_and_left_alone(pytester: pytest.Pytester) -> None:
-    copy_example(pytester)
+    mini_suite(pytester)
     folder = pytester.path / "baselines"
     folder.mkdir()
     (folder / "baseline.yaml").write_text("version: 1\nphases:\n  atomic: [not, a, mapping]\n")
-    result = pytester.runpytest_subprocess(*RUN)
+    result = run(pytester, *CYCLE)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "baseline.yaml" in result.stderr.str()
     assert (folder / "baseline.yaml").read_text().endswith("[not, a, mapping]\n")
@@ -63,17 +62,23 @@ def pytest_runtest_call(item):
 
 
 def test_interrupted_session_writes_nothing(pytester: pytest.Pytester) -> None:
-    copy_example(pytester)
+    mini_suite(pytester)
     pytester.makeconftest(INTERRUPT)
-    result = pytester.runpytest_subprocess(*RUN)
+    result = run(pytester, *CYCLE, no_reraise_ctrlc=True)
     assert result.ret == pytest.ExitCode.INTERRUPTED
+    assert "nothing written" in result.stdout.str()
     assert snapshot(pytester) == {}
 
 
 def test_stop_on_first_failure_writes_nothing(pytester: pytest.Pytester) -> None:
-    copy_example(pytester)
-    result = pytester.runpytest_subprocess(*RUN, "-x")
-    assert result.ret != 0
+    # A failed reply check is data, not a failure; an ordinary failing test is one, and -x
+    # stops the session on it before the cycle has all its samples.
+    bench = mini_suite(pytester)
+    (bench / "test_extended.py").write_text(
+        (bench / "test_extended.py").read_text() + "\n\ndef test_unit():\n    assert 1 == 2\n"
+    )
+    result = run(pytester, *CYCLE, "-x")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
     assert "nothing written" in result.stdout.str()
     assert snapshot(pytester) == {}
 
@@ -82,57 +87,65 @@ CRASH = """
 import os
 
 def pytest_runtest_call(item):
-    if item.name == "test_atomic[hamlet-author-baseline-r2]":
+    if item.name == "test_atomic[prime-after-89-baseline-r2]":
         os._exit(3)
 """
 
 
 def test_crashed_worker_writes_nothing(pytester: pytest.Pytester) -> None:
-    copy_example(pytester)
+    mini_suite(pytester)
     pytester.makeconftest(CRASH)
-    result = pytester.runpytest_subprocess(*RUN, "-n", "2")
+    result = run(pytester, *CYCLE, *XDIST)
     assert result.ret != 0
     assert "nothing written" in result.stdout.str()
     assert snapshot(pytester) == {}
 
 
 def test_every_sample_errored_is_a_failed_cycle(pytester: pytest.Pytester) -> None:
-    copy_example(
+    mini_suite(
         pytester,
         models={
             "lfm": {"provider": "sim", "transient_errors": 1.0},
             "claude-haiku": {"provider": "sim"},
         },
     )
-    result = pytester.runpytest_subprocess(*RUN, "--selfopt-runs", "3")
+    result = run(pytester, *CYCLE, "--selfopt-runs", "3")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     assert "could not decide" in result.stdout.str()
 
 
 def test_too_few_runs_hold_every_candidate(pytester: pytest.Pytester) -> None:
-    copy_example(pytester)
-    result = pytester.runpytest_subprocess(*RUN, "--selfopt-runs", "2")
+    mini_suite(pytester)
+    result = run(pytester, *CYCLE, "--selfopt-runs", "2")
     assert result.ret == 0, result.stdout.str()
     verdicts = decisions(history(pytester)[0])
-    assert set(verdicts.values()) == {"HOLD"}
+    assert len(verdicts) == 4 and set(verdicts.values()) == {"HOLD"}
     assert (
         "baseline.yaml" not in snapshot(pytester)
         or "promoted_in_cycle: 1" not in (pytester.path / "baselines" / "baseline.yaml").read_text()
     )
 
 
-RAMBLER = """
-seed: 1
-runs: 5
-models:
-  small: {provider: sim, skill: 0.3}
-  rambler: {provider: sim, skill: 0.9, ramble: 1.0}
-variants: {plain: "{prompt}"}
-initial: {model: small, variant: plain, timeout_s: 30, retries: 0, isolation: i0, warmup: false}
-search: {model: [small, rambler]}
-"""
+RAMBLER = {
+    "seed": 1,
+    "runs": 5,
+    "models": {
+        "small": {"provider": "sim", "skill": 0.3},
+        "rambler": {"provider": "sim", "skill": 0.9, "ramble": 1.0},
+    },
+    "variants": {"plain": "{prompt}"},
+    "initial": {
+        "model": "small",
+        "variant": "plain",
+        "timeout_s": 30,
+        "retries": 0,
+        "isolation": "i0",
+        "warmup": False,
+    },
+    "search": {"model": ["small", "rambler"]},
+}
 
-CASES = """
+QUIZ = """
 phase: quiz
 cases:
   - {id: one, prompt: "1+1?", expect: {number: 2}, restraint: {max_words: 3}, sim: {difficulty: 0.1}}
@@ -140,25 +153,12 @@ cases:
   - {id: three, prompt: "3+3?", expect: {number: 6}, restraint: {max_words: 3}, sim: {difficulty: 0.8}}
 """
 
-TEST = """
-import pytest
-from pytest_selfopt import load_cases
-
-@pytest.mark.parametrize("case", load_cases("quiz.yaml"))
-def test_quiz(case, llm):
-    case.check(llm.ask(case.prompt))
-"""
-
 
 def test_unrestrained_better_model_is_rejected_by_the_restraint_gate(
     pytester: pytest.Pytester,
 ) -> None:
-    bench = pytester.path / "benchmarks"
-    bench.mkdir()
-    (bench / "selfopt.yaml").write_text(RAMBLER)
-    (bench / "quiz.yaml").write_text(CASES)
-    (bench / "test_quiz.py").write_text(textwrap.dedent(TEST))
-    result = pytester.runpytest_subprocess(*RUN)
+    mini_suite(pytester, config=RAMBLER, cases={"quiz": QUIZ})
+    result = run(pytester, *CYCLE)
     assert result.ret == 0, result.stdout.str()
     entry = history(pytester)[0]
     cand = entry["phases"]["quiz"]["candidates"][0]
@@ -168,35 +168,27 @@ def test_unrestrained_better_model_is_rejected_by_the_restraint_gate(
     assert gates == {"samples": True, "stability": True, "improvement": True, "restraint": False}
 
 
-def test_broken_config_fails_only_llm_tests_in_a_plain_run(pytester: pytest.Pytester) -> None:
-    copy_example(pytester, gates={"max_variance": "lots"})
+@pytest.mark.parametrize("workers", [(), XDIST], ids=["serial", "xdist"])
+def test_broken_config_fails_only_llm_tests_in_a_plain_run(
+    pytester: pytest.Pytester, workers: tuple[str, ...]
+) -> None:
+    mini_suite(pytester, gates={"max_variance": "lots"})
     pytester.makepyfile(test_unrelated="def test_unrelated():\n    assert True\n")
-    for extra in ((), ("-n", "2")):
-        result = pytester.runpytest_subprocess(
-            "-p",
-            "no:cacheprovider",
-            "test_unrelated.py",
-            "benchmarks",
-            "-k",
-            "unrelated or capital",
-            *extra,
-        )
-        result.assert_outcomes(passed=1, errors=1)
-        result.stdout.fnmatch_lines(["*selfopt.yaml: gates.max_variance: expected*"])
+    result = run(pytester, "test_unrelated.py", *PLAIN, "-k", "unrelated or capital", *workers)
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*selfopt.yaml: gates.max_variance: expected*"])
     assert snapshot(pytester) == {}
 
 
-@pytest.mark.parametrize("mode", ["--selfopt", "--selfopt-check"])
+@pytest.mark.parametrize("mode", [CYCLE, CHECK], ids=["selfopt", "check"])
 @pytest.mark.parametrize("workers", ["0", "2"])
 def test_broken_cases_file_stops_the_cycle(
-    pytester: pytest.Pytester, mode: str, workers: str
+    pytester: pytest.Pytester, mode: tuple[str, ...], workers: str
 ) -> None:
-    bench = copy_example(pytester)
+    bench = mini_suite(pytester)
     cases = bench / "atomic.yaml"
     cases.write_text(cases.read_text().replace("expect: {equals: Paris}", "expect: {equal: Paris}"))
-    result = pytester.runpytest_subprocess(
-        mode, "-p", "no:cacheprovider", "-n", workers, "benchmarks"
-    )
+    result = run(pytester, *mode, "-n", workers)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stdout.fnmatch_lines(
         [
@@ -208,13 +200,15 @@ def test_broken_cases_file_stops_the_cycle(
 
 
 def test_committed_routing_naming_an_unknown_model_is_refused(pytester: pytest.Pytester) -> None:
-    copy_example(pytester)
-    assert pytester.runpytest_subprocess(*RUN).ret == 0
+    mini_suite(pytester)
+    assert run(pytester, *CYCLE).ret == 0
     routing = pytester.path / "baselines" / "routing.yaml"
     text = routing.read_text().replace("model: lfm", "model: gpt-9", 1)
-    routing.write_text("\n".join(l for l in text.splitlines() if "spec_id" not in l) + "\n")
+    routing.write_text(
+        "\n".join(line for line in text.splitlines() if "spec_id" not in line) + "\n"
+    )
     before = snapshot(pytester)
-    result = pytester.runpytest_subprocess(*RUN)
+    result = run(pytester, *CYCLE)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
         ["*baselines/routing.yaml: phases.atomic.model: 'gpt-9' is not defined*"]

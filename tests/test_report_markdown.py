@@ -222,7 +222,7 @@ def test_the_report_of_an_example_cycle_renders(
     copy_example(pytester)
     summary = pytester.path / "summary.md"
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
-    run = ("--selfopt", "-p", "no:cacheprovider", "benchmarks", "--selfopt-report", "r.md")
+    run = ("--selfopt", "-p", "no:cacheprovider", "benchmarks", "--selfopt-report=r.md")
     result = pytester.runpytest_subprocess(*run)
     assert result.ret == 0, result.stdout.str()
     md = (pytester.path / "r.md").read_text(encoding="utf-8")

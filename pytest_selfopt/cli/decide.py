@@ -40,7 +40,7 @@ from pytest_selfopt.plugin.shard import (
     set_problems,
     shown,
 )
-from pytest_selfopt.store.files import FilesError
+from pytest_selfopt.store.formats import FilesError
 from pytest_selfopt.suite.yamlread import ConfigError
 
 if TYPE_CHECKING:

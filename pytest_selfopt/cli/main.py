@@ -1,10 +1,12 @@
-"""The ``selfopt`` command: ``loop`` (cycles until a plateau), ``report``, ``sim-server``, ``simulate``.
+"""The ``selfopt`` command: ``loop`` (cycles until a plateau), ``report``, ``decide`` (close a
+cycle from CI shards' samples, :mod:`pytest_selfopt.cli.decide`), ``sim-server``, ``simulate``.
 
 Every cycle of ``loop`` is an ordinary ``pytest --selfopt`` session in a subprocess, so each
 stays a reviewable step with its own files, exit status and output. Whether anything is
-left to try is asked of pytest itself: a ``--collect-only`` session with this module loaded
-as a plugin (``-p pytest_selfopt.cli.main``) reports the next cycle's candidates, so ini options,
-``-k``, plan hooks and conftests count exactly as they would in the next cycle.
+left to try is asked of pytest itself: a ``--collect-only`` session with the probe plugin
+(``-p pytest_selfopt.cli.probe``) reports the next cycle's candidates, so ini options, ``-k``,
+plan hooks and conftests count exactly as they would in the next cycle. (No name in this module
+starts with ``pytest_``: pluggy would take it for a hook wherever the module is a plugin.)
 
 ``report`` reads ``history.json`` (the improvement curve; when the suite config is found it
 also says whether anything is left to try) and ``report --why [PHASE]`` answers "why is the
@@ -30,13 +32,16 @@ from pathlib import Path
 from typing import Any
 
 from pytest_selfopt.argtypes import positive_int
-from pytest_selfopt.cli.pytestsetup import PytestSetup, SetupError, pytest_setup
+from pytest_selfopt.cli import pytestsetup
+from pytest_selfopt.cli.probe import PROBE_ENV
+from pytest_selfopt.cli.pytestsetup import PytestSetup, SetupError
 from pytest_selfopt.cli.read import EXIT_BAD_FILE, ReadError, read_history, read_log
 from pytest_selfopt.report.history import (
     NextCycle,
     as_list,
     curve_lines,
     cycle_line,
+    next_cycles,
     phases_of,
     plateau_line,
     promoted,
@@ -44,13 +49,16 @@ from pytest_selfopt.report.history import (
 from pytest_selfopt.report.why import explain_phase, phases_in
 
 SELFOPT_FILES = ("baseline.yaml", "routing.yaml", "history.json", "decisions.log")
-#: Environment variable naming the file a probe session writes its findings to.
-PROBE_ENV = "PYTEST_SELFOPT_PROBE"
 PYTEST = (sys.executable, "-m", "pytest")
 
 
-#: Subcommands that own their whole argument list: forwarded untouched.
+#: Subcommands that own their whole argument list: forwarded untouched, imported only when
+#: used (a broken optional module never takes ``loop`` or ``report`` down with it).
 FORWARDED = {
+    "decide": (
+        "pytest_selfopt.cli.decide",
+        "close one cycle from the sample files of its CI shards",
+    ),
     "sim-server": (
         "pytest_selfopt.models.simserver",
         "serve the simulated models over HTTP on 127.0.0.1",
@@ -88,8 +96,9 @@ def _main(argv: Sequence[str] | None) -> int:
         return forwarded
     parser = argparse.ArgumentParser(
         prog="selfopt",
-        description="Run self-optimizing cycles until a plateau, report on them, serve the "
-        "simulated models over HTTP, simulate the gate policies.",
+        description="Run self-optimizing cycles until a plateau, report on them, close a "
+        "cycle from CI shards' samples, serve the simulated models over HTTP, simulate the "
+        "gate policies.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -162,21 +171,20 @@ def run_loop(cycles: int, fresh: str | None, rootdir: Path, pytest_args: Sequenc
         print(f"selfopt loop: --rootdir {rootdir}: not a folder", file=sys.stderr)
         return 4
     options: list[str] = []
-    args = list(pytest_args)
-    if not args:
-        try:
-            setup = pytest_setup(rootdir)
-        except SetupError as exc:
-            print(f"selfopt loop: {exc}", file=sys.stderr)
-            return EXIT_BAD_FILE
-        _warn("loop", setup.notes())
-        args = setup.default_args()
+    try:
+        setup = pytestsetup.pytest_setup(rootdir, pytest_args)
+    except SetupError as exc:
+        print(f"selfopt loop: {exc}", file=sys.stderr)
+        return EXIT_BAD_FILE
+    _warn("loop", setup.notes())
+    args = [*pytest_args, *setup.default_args()]
     if fresh:
         baselines = Path(fresh).resolve()
         baselines.mkdir(parents=True, exist_ok=True)
         for name in SELFOPT_FILES:
             (baselines / name).unlink(missing_ok=True)
-        options = ["-o", f"selfopt_baselines={baselines}"]
+        # one argument, "=" form: pytest never mistakes the value for a test path
+        options = [f"--override-ini=selfopt_baselines={baselines}"]
     else:
         found = probe(rootdir, options, args)
         if isinstance(found, int):
@@ -197,7 +205,7 @@ def run_loop(cycles: int, fresh: str | None, rootdir: Path, pytest_args: Sequenc
     seen = len(history)
     for _ in range(cycles):
         command = [*PYTEST, "--selfopt", "-q", "-p", "no:cacheprovider", *options, *args]
-        proc = subprocess.run(command, cwd=rootdir, capture_output=True, text=True, check=False)
+        proc = run_pytest(command, rootdir)
         if proc.returncode != 0:
             _echo_failure(proc)
             print(f"stopped: cycle {seen + 1} failed with exit status {proc.returncode}")
@@ -237,6 +245,15 @@ def at_plateau(entry: Mapping[str, Any], found: Mapping[str, Any]) -> bool:
     return not any(labels for labels in found.get("candidates", {}).values())
 
 
+def run_pytest(
+    command: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """One pytest session in a subprocess, its output captured."""
+    return subprocess.run(
+        list(command), cwd=cwd, capture_output=True, text=True, env=env, check=False
+    )
+
+
 def _echo_failure(proc: subprocess.CompletedProcess[str]) -> None:
     sys.stdout.write(proc.stdout[-4000:])
     sys.stderr.write(proc.stderr[-4000:])
@@ -253,12 +270,10 @@ def probe(rootdir: Path, options: Sequence[str], args: Sequence[str]) -> dict[st
     try:
         command = [
             *PYTEST, "--selfopt", "--collect-only", "-q", "-p", "no:cacheprovider",
-            "-p", "pytest_selfopt.cli.main", *options, *args,
+            "-p", "pytest_selfopt.cli.probe", *options, *args,
         ]  # fmt: skip
         env = {**os.environ, PROBE_ENV: str(target)}
-        proc = subprocess.run(
-            command, cwd=rootdir, capture_output=True, text=True, env=env, check=False
-        )
+        proc = run_pytest(command, rootdir, env)
         text = target.read_text(encoding="utf-8")
         if proc.returncode not in (0, 5) or not text:
             _echo_failure(proc)
@@ -269,37 +284,6 @@ def probe(rootdir: Path, options: Sequence[str], args: Sequence[str]) -> dict[st
         return found
     finally:
         target.unlink(missing_ok=True)
-
-
-def pytest_collection_finish(session: Any) -> None:
-    """Probe hook (active only with ``-p pytest_selfopt.cli.main`` and ``PYTEST_SELFOPT_PROBE``):
-    write the baselines folder and the candidates every phase would evaluate."""
-    target = os.environ.get(PROBE_ENV)
-    config = session.config
-    if not target or hasattr(config, "workerinput"):
-        return
-    controller = config.pluginmanager.get_plugin("selfopt_controller")
-    prepared = getattr(controller, "prepared", None)
-    shipment = getattr(controller, "shipment", None)
-    if prepared is None or shipment is None:
-        return
-    candidates: dict[str, set[str]] = {}
-    for item in session.items:
-        callspec = getattr(item, "callspec", None)
-        point = callspec.params.get("selfopt_point") if callspec is not None else None
-        spec = getattr(point, "spec", None)
-        phase = getattr(point, "phase", None)
-        if spec is None or phase is None:
-            continue
-        plan = shipment.plan_for(phase)
-        labels = candidates.setdefault(phase, set())
-        if plan is not None and spec.id != plan.baseline.id:
-            labels.add(str(getattr(point, "label", spec.id)))
-    doc = {
-        "baselines": str(Path(prepared.baselines_dir).resolve()),
-        "candidates": {phase: sorted(labels) for phase, labels in sorted(candidates.items())},
-    }
-    Path(target).write_text(json.dumps(doc), encoding="utf-8")
 
 
 def _history_or_none(baselines: Path) -> list[dict[str, Any]] | None:
@@ -319,13 +303,13 @@ def run_report(baselines: Path | None, why: str | None) -> int:
     setup: PytestSetup | None = None
     if baselines is None or why is None:  # --why with --baselines needs nothing of pytest
         try:
-            setup = pytest_setup(Path.cwd())
+            setup = pytestsetup.pytest_setup(Path.cwd())
         except SetupError as exc:
             if baselines is None:
                 print(f"selfopt report: {exc}", file=sys.stderr)
                 return EXIT_BAD_FILE
         if setup is not None and baselines is None:
-            _warn("report", setup.notes()[:1])  # no ini file: say which folder is read
+            _warn("report", setup.notes(suite=False))  # no ini file: say which folder is read
             baselines = setup.baselines
     assert baselines is not None
     try:
@@ -370,8 +354,12 @@ def _report_why(baselines: Path, phase: str) -> int:
 def _next_cycle(
     setup: PytestSetup | None, baselines: Path, history: Sequence[Mapping[str, Any]]
 ) -> dict[str, NextCycle] | None:
-    """Per phase, the next cycle's candidates (untried, again) and those cooling down; None
-    when the suite config cannot be read (the report then says what history alone shows)."""
+    """Per phase, the next cycle's candidates (untried, again) and those held back: as the
+    last cycle recorded them, else (an older history) planned now from the suite config;
+    None when neither is known (the report then says what history alone shows)."""
+    recorded = next_cycles(history[-1])
+    if recorded is not None:
+        return recorded
     if setup is None or setup.suite_config is None:
         return None
     try:

@@ -5,28 +5,34 @@ Per phase (sorted): evaluate -> decide (the configured gate policy) -> screen (s
 candidates: the leader HOLD for confirmation next cycle, the others REJECT; loop/screen.py) ->
 diagnose every spec -> learn (winner, new baseline) -> recommend (a screened leader's
 confirmation first, then from the new baseline's spec and from every unscreened HOLD candidate,
-applied to that candidate's spec) -> enforce (route, pending, audit).
+applied to that candidate's spec; one recommendation per resulting spec) -> enforce (route,
+pending, audit) -> outlook (the next cycle's plan of the phase as it stands, with what is held
+back and why: ``PhaseOutcome.outlook``, written to history for reports).
 
 Screened candidates are decided by the policy apart from the others: they are never promoted in
 the cycle that screened them, so they must not widen the others' multiple-comparison family.
 
-Pending candidates of the previous cycle that did not fit this cycle's plan (cap) are carried
-over unless they became the baseline or are cooling down; pending candidates of phases not
-planned this cycle are carried over untouched.
+Pending candidates of the previous cycle that did not fit this cycle's plan (cap), or that
+were planned but could not be decided for want of data (no sample, an outage: not a try), are
+carried over unless they became the baseline or are cooling down or retired; pending candidates
+of phases not planned this cycle are carried over untouched. So a cycle run during an outage
+leaves the next healthy cycle the same work, and no cool-down.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from pytest_selfopt.loop.diagnose import diagnose, recommend
 from pytest_selfopt.loop.enforce import enforce
 from pytest_selfopt.loop.evaluate import SampleColumns, as_columns, empty_stats, evaluate
-from pytest_selfopt.loop.generate import cooling_down, generate
+from pytest_selfopt.loop.generate import blocked, candidate_status, generate, tries_of
 from pytest_selfopt.loop.learn import learn
-from pytest_selfopt.loop.outcome import CycleOutcome, PhaseOutcome
+from pytest_selfopt.loop.outcome import CycleOutcome, Outlook, PhaseOutcome
 from pytest_selfopt.loop.policies.base import GatePolicy
 from pytest_selfopt.loop.screen import CONFIRM_ACTION, screen, screened
+from pytest_selfopt.loop.spec import Spec
 from pytest_selfopt.loop.types import (
     HOLD,
     AuditRecord,
@@ -40,7 +46,6 @@ from pytest_selfopt.loop.types import (
     Recommendation,
     Sample,
     SpecStats,
-    TriedSpec,
 )
 
 INITIAL_REASON = "initial spec from selfopt.yaml"
@@ -132,8 +137,10 @@ def _close_phase(
     }
     screening = screen(plan, stats, [by_id[c.spec.id] for c in plan.candidates], settings.runs)
     decisions = screening.decisions
+    models = {s.id: s.model for s in plan.specs}
     diagnoses_by_spec: dict[str, tuple[Diagnosis, ...]] = {
-        spec_id: diagnose(s, s.runs or settings.runs) for spec_id, s in stats.items()
+        spec_id: diagnose(s, s.runs or settings.runs, models[spec_id])
+        for spec_id, s in stats.items()
     }
     before = _baseline(state, settings, phase)
     winner, after = learn(phase, plan, stats, decisions, before, cycle)
@@ -149,6 +156,7 @@ def _close_phase(
     for d in decisions:
         if d.verdict == HOLD and d.spec_id not in group:
             recommendations.extend(recs_for(d.spec_id))
+    recommendations = _unique(recommendations, plan.specs, after.spec)
     route_before = state.routes.get(phase)
     route, new_pending, audit, enforced = enforce(
         phase,
@@ -179,7 +187,42 @@ def _close_phase(
     )
     # A screened leader runs first next cycle: its confirmation was earned this cycle.
     ordered = sorted(carried + new_pending, key=lambda p: p.recommendation.action != CONFIRM_ACTION)
-    return outcome, tuple(ordered), audit
+    tried = (*state.tried, *tries_of(plan, decisions, cycle))
+    # Recommendations that enforce held back (cooling down, retired) are offered too, so the
+    # outlook lists them with why: they come back by themselves once free.
+    specs = {s.id: s for s in plan.specs}
+    offered = [
+        *ordered,
+        *(
+            PendingCandidate(
+                phase, specs.get(r.spec_id, after.spec).with_knob(r.knob, r.value), r, cycle
+            )
+            for r in recommendations
+        ),
+    ]
+    ahead = generate(phase, after.spec, settings, offered, tried, cycle + 1)
+    cooldown = settings.gates.cooldown_cycles
+    status = {
+        c.spec.id: candidate_status(phase, c.spec.id, tried, cycle + 1, cooldown, after.spec.id)
+        for c in ahead.candidates
+    }
+    return replace(outcome, outlook=Outlook(ahead, status)), tuple(ordered), audit
+
+
+def _unique(
+    recommendations: Sequence[Recommendation], specs: Sequence[Spec], after: Spec
+) -> list[Recommendation]:
+    """The first recommendation for each resulting spec: two diagnoses that lead to the same
+    spec are one candidate, never two."""
+    by_id = {s.id: s for s in specs}
+    seen: set[str] = set()
+    out = []
+    for rec in recommendations:
+        spec_id = by_id.get(rec.spec_id, after).with_knob(rec.knob, rec.value).id
+        if spec_id not in seen:
+            seen.add(spec_id)
+            out.append(rec)
+    return out
 
 
 def _carry_over(
@@ -191,21 +234,23 @@ def _carry_over(
     new_pending: Sequence[PendingCandidate],
     cycle: int,
 ) -> tuple[PendingCandidate, ...]:
-    """Earlier pending candidates of this phase that the plan had no room for."""
-    planned = {s.id for s in plan.specs}
-    origins = {c.spec.id: c.origin for c in plan.candidates}
-    now = [
-        TriedSpec(plan.phase, d.spec_id, cycle, d.verdict, origins.get(d.spec_id, ""))
-        for d in decisions
-    ]
-    blocked = cooling_down(
-        plan.phase, (*state.tried, *now), cycle + 1, settings.gates.cooldown_cycles
+    """Earlier pending candidates of this phase that the plan had no room for, or that were
+    planned but not decided for want of data."""
+    undecided = {d.spec_id for d in decisions if not d.is_try}
+    planned = {s.id for s in plan.specs} - undecided
+    now = tries_of(plan, decisions, cycle)
+    held = blocked(
+        plan.phase,
+        (*state.tried, *now),
+        cycle + 1,
+        settings.gates.cooldown_cycles,
+        after.spec.id,
     )
     seen = {after.spec.id} | {p.spec.id for p in new_pending}
     out = []
     for p in state.pending:
         sid = p.spec.id
-        if p.phase != plan.phase or sid in planned or sid in seen or sid in blocked:
+        if p.phase != plan.phase or sid in planned or sid in seen or sid in held:
             continue
         seen.add(sid)
         out.append(p)

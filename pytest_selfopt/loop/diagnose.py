@@ -1,7 +1,10 @@
-"""Phase 4, diagnose: per-case patterns -> diagnoses -> recommendations.
+"""Step 4, diagnose: per-case patterns -> diagnoses -> recommendations.
 
 Diagnoses (one per case of a spec; ``R`` = the number of runs). A case's samples are read in
-time order: by ``started_at``, ties by run number. The first matching definition wins:
+run order (run number, then start time within a run; never completion order). A
+*transport-errored* sample (``TRANSPORT_ERROR_KINDS``) says nothing about what the model can
+answer: it is set aside when capability is read, and counted for the transport diagnoses.
+The first matching definition wins:
 
 ``stable_pass``
     every sample passed.
@@ -9,26 +12,37 @@ time order: by ``started_at``, ties by run number. The first matching definition
     at least one sample passed, and either the first ``k`` samples failed and every later
     one passed, with ``1 <= k <= R // 2``; or every failure of the case is a *cold-start
     sample* (below).
-``capability_limit``
-    every sample failed, all with error kind ``wrong_answer`` (0%, zero variance, no
-    transport errors: the model cannot answer it).
 ``timeout_bound``
     more than half of the failures have error kind ``timeout``.
+``capability_limit``
+    no sample passed, at least one was answered, and every answered sample was a wrong
+    answer (transport-errored samples set aside): the model cannot answer it.
 ``flaky``
-    anything else (including "every sample failed, with mixed error kinds"); the detail
-    counts failures that were transport errors and failures that were wrong answers.
+    anything else; the detail counts failures that were transport errors and failures that
+    were wrong answers.
+
+An **outage** replaces all of a spec's case diagnoses: when more than half of the spec's
+samples ended in one transport error kind of ``OUTAGE_ERROR_KINDS`` (connection refused, 5xx,
+4xx such as a bad key, 429, protocol, config; not ``timeout``, which is a cost of
+``timeout_s``), the spec gets one spec-level ``outage`` diagnosis naming the model, the error
+kind and the count, and nothing is recommended from it: its patterns describe the service,
+not the spec.
 
 Cold-start samples. A real cold start is per process: the first calls of a model in a
 worker fail (typically time out). Under ``pytest -n 2`` a case's runs are spread over
 workers, so its one cold-start failure can sit in the middle: ``[P,F,P,P,P,P,P]``. So each
 worker is also read on its own: the spec's samples on that worker, all cases together, in
-time order (``started_at``, then run, then case id). When that sequence starts with
-``m >= 1`` transport failures, and after them has at least one pass and no other transport
-failure, those ``m`` samples are cold-start samples. Any worker with cold-start samples adds
-one spec-level diagnosis (``case_id=None``, kind ``cold_start``) naming workers and counts.
-With this, ``-n 0`` and ``-n 2`` runs of the same suite diagnose the same cold start.
+the order that worker ran them (``started_at``, then run, then case id). When that sequence
+starts with ``m >= 1`` transport failures, and after them has at least one pass and no other
+transport failure, those ``m`` samples are cold-start samples; so are they when they are all
+the worker ran of the spec, fewer than half of the spec's samples, and the spec passed on
+another worker (a worker that received only a few items never got past its cold start; one
+that held most of them and never passed did not recover). Any worker with cold-start
+samples adds one spec-level diagnosis (``case_id=None``, kind ``cold_start``) naming workers
+and counts. With this, ``-n 0`` and ``-n 2`` runs of the same suite diagnose the same cold
+start; which worker ran which sample is a per-process effect that the worker count changes.
 
-Recommendations (per phase and spec, in this order):
+Recommendations (per phase and spec, in this order; none from a spec in an outage):
 
 ``route_next_model`` (knob ``model``)
     capability-limited cases / cases >= ``gates.route_share``: the model after the spec's in
@@ -53,21 +67,24 @@ Recommendations (per phase and spec, in this order):
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 from pytest_selfopt.loop.spec import Scalar, Spec, format_scalar
 from pytest_selfopt.loop.types import (
+    OUTAGE_ERROR_KINDS,
     TRANSPORT_ERROR_KINDS,
     WRONG_ANSWER,
+    Action,
     CasePattern,
     Diagnosis,
+    DiagnosisKind,
     LoopSettings,
     Recommendation,
     SpecStats,
 )
 
-KINDS: tuple[str, ...] = ("stable_pass", "cold_start", "capability_limit", "timeout_bound", "flaky")
+KINDS: tuple[DiagnosisKind, ...] = tuple(DiagnosisKind)
 
 
 def cold_start_samples(patterns: Sequence[CasePattern]) -> dict[str, list[tuple[str, int]]]:
@@ -77,6 +94,8 @@ def cold_start_samples(patterns: Sequence[CasePattern]) -> dict[str, list[tuple[
         started = p.started_at or (0.0,) * len(p.outcomes)
         for i, (ok, kind, worker) in enumerate(zip(p.outcomes, p.error_kinds, p.workers)):
             by_worker[worker].append((started[i], p.runs[i], p.case_id, i, ok, kind))
+    recovered = {w for w, seq in by_worker.items() if any(s[4] for s in seq)}
+    total = sum(len(seq) for seq in by_worker.values())
     out: dict[str, list[tuple[str, int]]] = {}
     for worker in sorted(by_worker):
         seq = sorted(by_worker[worker], key=lambda s: s[:3])
@@ -84,7 +103,8 @@ def cold_start_samples(patterns: Sequence[CasePattern]) -> dict[str, list[tuple[
         while m < len(seq) and not seq[m][4] and seq[m][5] in TRANSPORT_ERROR_KINDS:
             m += 1
         rest = seq[m:]
-        if m and any(s[4] for s in rest) and not any(s[5] in TRANSPORT_ERROR_KINDS for s in rest):
+        passes = any(s[4] for s in rest) if rest else 2 * m < total and bool(recovered - {worker})
+        if m and passes and not any(s[5] in TRANSPORT_ERROR_KINDS for s in rest):
             out[worker] = [(s[2], s[3]) for s in seq[:m]]
     return out
 
@@ -96,9 +116,13 @@ def _leading_failures(outcomes: Sequence[bool]) -> int:
     return k
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def classify(
     pattern: CasePattern, runs: int, cold: frozenset[int] = frozenset()
-) -> tuple[str, str]:
+) -> tuple[DiagnosisKind, str]:
     """(kind, detail) of one case; ``cold``: indexes of its cold-start samples."""
     outcomes, kinds = pattern.outcomes, pattern.error_kinds
     n = len(outcomes)
@@ -109,31 +133,88 @@ def classify(
     timeouts = sum(1 for i in failed if kinds[i] == "timeout")
     kinds_seen = ", ".join(sorted({str(kinds[i]) for i in failed}))
     if not failed:
-        return "stable_pass", f"{n}/{n} passed"
+        return DiagnosisKind.STABLE_PASS, f"{n}/{n} passed"
     k = _leading_failures(outcomes)
     if len(failed) < n:
         if k == len(failed) and 1 <= k <= r // 2:
-            return "cold_start", f"first {k} of {n} runs failed ({kinds_seen}), then all passed"
+            return DiagnosisKind.COLD_START, (
+                f"first {k} of {n} runs failed ({kinds_seen}), then all passed"
+            )
         if all(i in cold for i in failed):
-            return "cold_start", (
+            return DiagnosisKind.COLD_START, (
                 f"{len(failed)} of {n} runs failed, all cold-start samples of their worker "
                 f"({kinds_seen})"
             )
-    if len(failed) == n and wrong == n:
-        return "capability_limit", f"0/{n} passed, all wrong answers"
     if timeouts * 2 > len(failed):
-        return "timeout_bound", f"{timeouts} of {len(failed)} failures are timeouts"
+        return DiagnosisKind.TIMEOUT_BOUND, f"{timeouts} of {len(failed)} failures are timeouts"
+    answered = n - transport
+    if len(failed) == n and answered > 0 and wrong == answered:
+        aside = f", {_plural(transport, 'transport error')} set aside" if transport else ""
+        return DiagnosisKind.CAPABILITY_LIMIT, (
+            f"0/{n} passed, {'all' if not transport else 'every answered run'} "
+            f"wrong ({_plural(wrong, 'wrong answer')}{aside})"
+        )
     transport_kinds = sorted({str(kinds[i]) for i in failed if kinds[i] in TRANSPORT_ERROR_KINDS})
     which = f" ({', '.join(transport_kinds)})" if transport_kinds else ""
     other = len(failed) - transport - wrong
-    return "flaky", (
+    return DiagnosisKind.FLAKY, (
         f"{len(failed)}/{n} failed: {transport} transport errors{which}, {wrong} wrong answers"
         + (f", {other} other" if other else "")
     )
 
 
-def diagnose(stats: SpecStats, runs: int) -> tuple[Diagnosis, ...]:
-    """One diagnosis per case (in case order), then the spec-level cold start if any."""
+def error_counts(stats: SpecStats) -> Counter[str]:
+    """How many of the spec's samples ended in each error kind (passed samples: none)."""
+    return Counter(
+        str(kind)
+        for p in stats.patterns
+        for ok, kind in zip(p.outcomes, p.error_kinds)
+        if not ok and kind is not None
+    )
+
+
+def outage(stats: SpecStats) -> tuple[str, int] | None:
+    """``(error kind, count)`` when more than half of the spec's samples failed in transport
+    with one kind of ``OUTAGE_ERROR_KINDS``; else None. Ties: the kind first by name."""
+    counts = error_counts(stats)
+    found = sorted(
+        ((kind, c) for kind, c in counts.items() if kind in OUTAGE_ERROR_KINDS),
+        key=lambda kc: (-kc[1], kc[0]),
+    )
+    if found and found[0][1] * 2 > stats.samples:
+        return found[0]
+    return None
+
+
+def outage_diagnosis(stats: SpecStats, model: str = "") -> Diagnosis | None:
+    """The spec's ``outage`` diagnosis (module doc), or None."""
+    found = outage(stats)
+    if found is None:
+        return None
+    kind, count = found
+    who = f"model {model}" if model else "the model"
+    return Diagnosis(
+        stats.phase,
+        stats.spec_id,
+        None,
+        DiagnosisKind.OUTAGE,
+        "",
+        f"outage: {who} failed {count} of {stats.samples} samples with {kind}; "
+        "nothing is recommended from them",
+        count,
+        stats.errored,
+        model=model,
+        error_kind=kind,
+        samples=stats.samples,
+    )
+
+
+def diagnose(stats: SpecStats, runs: int, model: str = "") -> tuple[Diagnosis, ...]:
+    """One diagnosis per case (in case order), then the spec-level cold start if any; or,
+    for a spec in an outage, its one ``outage`` diagnosis (``model``: the spec's model)."""
+    down = outage_diagnosis(stats, model)
+    if down is not None:
+        return (down,)
     cold_by_worker = cold_start_samples(stats.patterns)
     cold: dict[str, set[int]] = defaultdict(set)
     for samples in cold_by_worker.values():
@@ -162,7 +243,7 @@ def diagnose(stats: SpecStats, runs: int) -> tuple[Diagnosis, ...]:
                 stats.phase,
                 stats.spec_id,
                 None,
-                "cold_start",
+                DiagnosisKind.COLD_START,
                 "",
                 f"cold start: {parts} failed in transport, none later on the same worker "
                 f"({total} samples)",
@@ -195,13 +276,16 @@ def recommend(
     settings: LoopSettings,
     case_count: int,
 ) -> tuple[Recommendation, ...]:
-    """Turn one spec's diagnoses into knob changes to verify next cycle (rules: module doc)."""
+    """Turn one spec's diagnoses into knob changes to verify next cycle (rules: module doc);
+    nothing from a spec in an outage."""
+    if any(d.kind == DiagnosisKind.OUTAGE for d in diagnoses):
+        return ()
 
-    def cases(kind: str) -> tuple[str, ...]:
+    def cases(kind: DiagnosisKind) -> tuple[str, ...]:
         return tuple(d.case_id for d in diagnoses if d.kind == kind and d.case_id is not None)
 
     out: list[Recommendation] = []
-    limited = cases("capability_limit")
+    limited = cases(DiagnosisKind.CAPABILITY_LIMIT)
     share = len(limited) / case_count if case_count else 0.0
     if limited and share >= settings.gates.route_share:
         target = next_model(spec.model, settings.fallback_chain)
@@ -209,7 +293,7 @@ def recommend(
             out.append(
                 Recommendation(
                     phase,
-                    "route_next_model",
+                    Action.ROUTE_NEXT_MODEL,
                     "model",
                     target,
                     spec.id,
@@ -218,8 +302,8 @@ def recommend(
                     limited,
                 )
             )
-    cold = cases("cold_start")
-    spec_level = [d for d in diagnoses if d.kind == "cold_start" and d.case_id is None]
+    cold = cases(DiagnosisKind.COLD_START)
+    spec_level = [d for d in diagnoses if d.kind == DiagnosisKind.COLD_START and d.case_id is None]
     replicated = bool(spec_level) or len(cold) >= settings.gates.warmup_min_cases
     if replicated and not spec.warmup:
         samples = f", {spec_level[0].failures} cold-start samples" if spec_level else ""
@@ -227,7 +311,7 @@ def recommend(
         out.append(
             Recommendation(
                 phase,
-                "enable_warmup",
+                Action.ENABLE_WARMUP,
                 "warmup",
                 True,
                 spec.id,
@@ -235,14 +319,14 @@ def recommend(
                 cold,
             )
         )
-    bound = cases("timeout_bound")
+    bound = cases(DiagnosisKind.TIMEOUT_BOUND)
     if bound:
         current = float(spec.timeout_s)
         target_t = _next_above(settings.search.values("timeout_s"), current) or current * 2
         out.append(
             Recommendation(
                 phase,
-                "raise_timeout",
+                Action.RAISE_TIMEOUT,
                 "timeout_s",
                 target_t,
                 spec.id,
@@ -251,7 +335,7 @@ def recommend(
                 bound,
             )
         )
-    flaky = [d for d in diagnoses if d.kind == "flaky" and d.transport_failures > 0]
+    flaky = [d for d in diagnoses if d.kind == DiagnosisKind.FLAKY and d.transport_failures > 0]
     if flaky:
         current_r = int(spec.retries)
         above = _next_above(settings.search.values("retries"), current_r)
@@ -261,7 +345,7 @@ def recommend(
         out.append(
             Recommendation(
                 phase,
-                "raise_retries",
+                Action.RAISE_RETRIES,
                 "retries",
                 target_r,
                 spec.id,

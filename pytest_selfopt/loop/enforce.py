@@ -6,10 +6,13 @@ baseline (``baseline_after``), never from a recommendation. A recommendation onl
 next cycle and kept only if it passes the same gates. A pending candidate of this cycle that
 did not PROMOTE is ``verify_failed`` and, being in cool-down, is not re-proposed.
 
-Pending candidates skip: the new baseline's spec, duplicates, and specs in cool-down (REJECT
-or HOLD within the last ``cooldown_cycles`` cycles, this cycle's decisions included). A screened
-leader's HOLD is no failed try: its ``confirm_screened`` recommendation (loop/screen.py) names
-the screened spec itself, which becomes a pending candidate verified on all runs next cycle.
+Pending candidates skip: the new baseline's spec, duplicates (by spec id), and specs that are
+cooling down or retired for the next cycle (``generate.blocked``, this cycle's decisions
+included). A screened leader's HOLD is no failed try: its ``confirm_screened`` recommendation
+(loop/screen.py) names the screened spec itself, which becomes a pending candidate verified on
+all runs next cycle. A pending candidate that could not be decided for want of data (no
+sample, an outage) is no failed try either: no ``verify_failed``, and ``cycle`` carries it
+over to the next cycle.
 
 Audit records (decisions.log), in this order: one ``decision`` per candidate (verdict, reason,
 gates with their numbers), ``promote`` for the winner, ``verify_failed`` per failed pending
@@ -22,14 +25,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from pytest_selfopt.loop.generate import cooling_down
+from pytest_selfopt.loop.generate import blocked, candidate_status, tries_of
 from pytest_selfopt.loop.spec import Spec, format_scalar
 from pytest_selfopt.loop.types import (
     PROMOTE,
     AuditRecord,
     Candidate,
+    CandidateStatus,
     Decision,
     LoopSettings,
+    Origin,
     PendingCandidate,
     PhaseBaseline,
     PhasePlan,
@@ -94,10 +99,19 @@ def enforce(
         fallbacks_for(baseline_after.spec.model, settings.fallback_chain),
     )
     by_id = {c.spec.id: c for c in plan.candidates}
+    now = (*tried, *tries_of(plan, decisions, cycle))
+    cooldown = settings.gates.cooldown_cycles
+
+    def after_failure(d: Decision) -> str:
+        status = candidate_status(phase, d.spec_id, now, cycle + 1, cooldown, route.spec.id)
+        if status == CandidateStatus.RETIRED:
+            return "retired: rejected twice against this baseline"
+        return f"cooling down: may run again from cycle {cycle + cooldown + 1}"
+
     audit: list[AuditRecord] = []
     lines: list[str] = []
     for d in decisions:
-        origin = by_id[d.spec_id].origin if d.spec_id in by_id else "search"
+        origin = by_id[d.spec_id].origin if d.spec_id in by_id else Origin.SEARCH
         audit.append(
             AuditRecord(
                 cycle,
@@ -106,9 +120,10 @@ def enforce(
                 d.spec_id,
                 d.label,
                 {
-                    "verdict": d.verdict,
+                    "verdict": str(d.verdict),
                     "reason": d.reason,
-                    "origin": origin,
+                    "origin": str(origin),
+                    "cause": str(d.cause),
                     "gates": [g.to_dict() for g in d.gates],
                 },
             )
@@ -132,7 +147,10 @@ def enforce(
         )
     for d in decisions:
         candidate = by_id.get(d.spec_id)
-        if candidate is None or candidate.origin != "pending" or d.verdict == PROMOTE:
+        if candidate is None or candidate.origin != Origin.PENDING or d.verdict == PROMOTE:
+            continue
+        if not d.is_try:
+            lines.append(f"not decided: {d.label} ({d.reason}); kept for cycle {cycle + 1}")
             continue
         rec = candidate.recommendation
         audit.append(
@@ -143,14 +161,14 @@ def enforce(
                 d.spec_id,
                 d.label,
                 {
-                    "verdict": d.verdict,
+                    "verdict": str(d.verdict),
                     "reason": d.reason,
-                    "action": None if rec is None else rec.action,
+                    "action": None if rec is None else str(rec.action),
                     "recommended_because": None if rec is None else rec.reason,
                 },
             )
         )
-        lines.append(f"not verified: {d.label} ({d.reason}); cooling down")
+        lines.append(f"not verified: {d.label} ({d.reason}); {after_failure(d)}")
     if route_before != route:
         audit.append(
             AuditRecord(
@@ -180,7 +198,7 @@ def enforce(
                 p.spec.id,
                 label,
                 {
-                    "action": rec.action,
+                    "action": str(rec.action),
                     "knob": rec.knob,
                     "value": rec.value,
                     "diagnosed_spec_id": rec.spec_id,
@@ -203,18 +221,14 @@ def _pending(
     tried: Sequence[TriedSpec],
     cycle: int,
 ) -> tuple[PendingCandidate, ...]:
-    by_id = {c.spec.id: c for c in plan.candidates}
-    now = [
-        TriedSpec(
-            phase,
-            d.spec_id,
-            cycle,
-            d.verdict,
-            by_id[d.spec_id].origin if d.spec_id in by_id else "search",
-        )
-        for d in decisions
-    ]
-    blocked = cooling_down(phase, (*tried, *now), cycle + 1, settings.gates.cooldown_cycles)
+    now = tries_of(plan, decisions, cycle)
+    held = blocked(
+        phase,
+        (*tried, *now),
+        cycle + 1,
+        settings.gates.cooldown_cycles,
+        baseline_after.spec.id,
+    )
     specs: dict[str, Spec] = {s.id: s for s in plan.specs}
     seen = {baseline_after.spec.id}
     out: list[PendingCandidate] = []
@@ -222,7 +236,7 @@ def _pending(
         if rec.phase != phase:
             continue
         spec = specs.get(rec.spec_id, baseline_after.spec).with_knob(rec.knob, rec.value)
-        if spec.id in seen or spec.id in blocked:
+        if spec.id in seen or spec.id in held:
             continue
         seen.add(spec.id)
         out.append(PendingCandidate(phase, spec, rec, cycle))

@@ -1,4 +1,4 @@
-"""Phase 2, evaluate: samples -> per-spec statistics (DESIGN.md §3, §11).
+"""Phase 2, evaluate: samples -> per-spec statistics (docs/architecture.md, "Data flow of a cycle").
 
 Samples are held as columns (``SampleColumns``: numpy arrays plus small string
 vocabularies), not as a list of objects, so that a million of them fit in tens of megabytes
@@ -14,7 +14,10 @@ Definitions (per phase and spec):
 * latency p50/p95 of ``latency_s`` (linear interpolation);
 * restraint: mean of the samples that have one, ``None`` when none has;
 * errored: samples whose error kind is a transport kind (``TRANSPORT_ERROR_KINDS``);
-* patterns: per case, its samples ordered by ``started_at`` (ties by run number).
+* patterns: per case, its samples in run order: by run number, then by ``started_at``
+  within a run (a test that asks several times). Never completion order, which depends on
+  the worker count and on scheduling: the same samples give the same patterns, flip rates
+  and diagnoses under ``-n 0`` and ``-n 2`` (docs/architecture.md, "Data flow of a cycle").
 
 Nothing is rounded here; the file writers round. Output holds builtins only.
 """
@@ -261,8 +264,9 @@ def evaluate(samples: Sequence[Sample] | SampleColumns) -> dict[tuple[str, str],
     if len(cols) == 0:
         return {}
     key = cols.phase * max(len(cols.spec_ids), 1) + cols.spec
-    # One sort: by group, then case, then time, then run: each case's pattern is contiguous.
-    order = np.lexsort((cols.run, cols.started_at, cols.case, key))
+    # One sort: by group, then case, then run, then time: each case's pattern is contiguous
+    # and in run order (np.lexsort: the last key is the primary one).
+    order = np.lexsort((cols.started_at, cols.run, cols.case, key))
     key_s = key[order]
     bounds = np.flatnonzero(np.diff(key_s)) + 1
     starts = np.concatenate(([0], bounds))
@@ -290,7 +294,7 @@ def _spec_stats(
     error_obj: npt.NDArray[np.object_],
     worker_obj: npt.NDArray[np.object_],
 ) -> SpecStats:
-    """Statistics of one group; ``idx`` is sorted by case, started_at, run."""
+    """Statistics of one group; ``idx`` is sorted by case, run, started_at."""
     case = cols.case[idx]
     run = cols.run[idx]
     passed = cols.passed[idx]

@@ -15,10 +15,12 @@ order, builtins only::
          "winner": spec id | None,
          "candidates": [{"spec_id", "label", "origin", "spec", "metrics", "decision"}],
              (origin "screen": ran runs 1..k only, metrics["runs"] says k)
-         "patterns": {spec_id: {case_id: "[F,P,...]"}},
-         "diagnoses": [...], "recommendations": [...], "enforced": [...]}},
+         "patterns": {spec_id: {case_id: "[F,P,...]"}},   (run order)
+         "diagnoses": [...], "recommendations": [...], "enforced": [...],
+         "next": Outlook.to_dict(): {"planned", "waiting", "cooling_down", "retired"}}},
      "pending": [PendingCandidate.to_dict()]}
 
+A candidate's ``decision`` carries its ``cause`` (``types.Cause``) and ``estimate``.
 ``tried_from_history`` and ``pending_from_history`` read it back as loop inputs.
 """
 
@@ -31,12 +33,15 @@ from pytest_selfopt.loop.decide import pick_winner
 from pytest_selfopt.loop.outcome import CycleOutcome, PhaseOutcome
 from pytest_selfopt.loop.types import (
     Candidate,
+    Cause,
     Decision,
+    Origin,
     PendingCandidate,
     PhaseBaseline,
     PhasePlan,
     SpecStats,
     TriedSpec,
+    Verdict,
 )
 
 
@@ -107,6 +112,7 @@ def _phase_record(p: PhaseOutcome) -> dict[str, Any]:
         "diagnoses": [d.to_dict() for d in p.diagnoses],
         "recommendations": [r.to_dict() for r in p.recommendations],
         "enforced": list(p.enforced),
+        "next": None if p.outlook is None else p.outlook.to_dict(),
     }
 
 
@@ -125,19 +131,31 @@ def history_entry(outcome: CycleOutcome) -> dict[str, Any]:
 
 
 def tried_from_history(entries: Sequence[Mapping[str, Any]]) -> tuple[TriedSpec, ...]:
-    """Every candidate ever decided, for cool-downs."""
+    """Every candidate ever decided, for cool-downs and retirements: whether the decision was
+    a try (its ``cause``; histories without one: every decision was) and the phase's
+    baseline then. Candidates without a decision are skipped."""
     out = []
+    verdicts = {str(v) for v in Verdict}
+    causes = {str(c) for c in Cause}
     for entry in entries:
         for phase, record in entry.get("phases", {}).items():
+            baseline_id = str((record.get("baseline_before") or {}).get("spec_id", ""))
             for c in record.get("candidates", []):
                 decision = c.get("decision") or {}
+                verdict = str(decision.get("verdict", ""))
+                if verdict not in verdicts:
+                    continue
+                cause = decision.get("cause")
+                origin = str(c.get("origin", Origin.SEARCH))
                 out.append(
                     TriedSpec(
                         phase=phase,
                         spec_id=c["spec_id"],
                         cycle=int(entry["cycle"]),
-                        verdict=str(decision.get("verdict", "")),
-                        origin=str(c.get("origin", "search")),
+                        verdict=Verdict(verdict),
+                        origin=Origin(origin) if origin in {*Origin} else Origin.SEARCH,
+                        is_try=Cause(cause).is_try if cause in causes else True,
+                        baseline_id=baseline_id,
                     )
                 )
     return tuple(out)

@@ -13,7 +13,7 @@ A phase has **regressed** when
 2. when the committed per-case patterns are known, at least one committed case now passes
    less often than it did.
 
-(1) mirrors gate 3 (DESIGN.md §8): a candidate is promoted only when its median is strictly
+(1) mirrors gate 3 (docs/architecture.md, "Gates"): a candidate is promoted only when its median is strictly
 above the baseline's, so the symmetric failure is a median strictly below it. The committed
 baseline passed the stability gate (run-accuracy variance <= 0.0025, a standard deviation of
 at most 0.05), so its median does not wander by a whole prompt (1/P of accuracy for P <= 20

@@ -25,28 +25,31 @@ from dataclasses import dataclass, replace
 from pytest_selfopt.loop.types import (
     HOLD,
     REJECT,
+    Action,
     Candidate,
+    Cause,
     Decision,
+    Origin,
     PhasePlan,
     Recommendation,
     SpecStats,
 )
 
-SCREEN = "screen"  # Candidate.origin of a screened candidate
-CONFIRM_ACTION = "confirm_screened"  # Recommendation.action of a screened leader
+SCREEN = Origin.SCREEN  # Candidate.origin of a screened candidate
+CONFIRM_ACTION = Action.CONFIRM_SCREENED  # Recommendation.action of a screened leader
 MIN_CANDIDATES = 3  # below this, screening saves too little to pay for its lost power
 
 
 def screen_plan(plan: PhasePlan, runs: int, screen_runs: int) -> PhasePlan:
     """The plan with its search candidates limited to runs ``1..screen_runs``, when screening
     is on (0 < screen_runs < runs) and there are at least 3 of them; else ``plan`` as is."""
-    search = [c for c in plan.candidates if c.origin == "search"]
+    search = [c for c in plan.candidates if c.origin == Origin.SEARCH]
     if not 0 < screen_runs < runs or len(search) < MIN_CANDIDATES:
         return plan
     return replace(
         plan,
         candidates=tuple(
-            replace(c, origin=SCREEN, runs=screen_runs) if c.origin == "search" else c
+            replace(c, origin=SCREEN, runs=screen_runs) if c.origin == Origin.SEARCH else c
             for c in plan.candidates
         ),
     )
@@ -112,7 +115,7 @@ def screen(
                 f"{HOLD}: screened: leads on runs 1..{k}, confirmed next cycle on fresh runs "
                 f"({mine} passes vs the baseline's {theirs})"
             )
-            out.append(replace(d, verdict=HOLD, reason=reason))
+            out.append(replace(d, verdict=HOLD, reason=reason, cause=Cause.SCREENED_LEAD))
             continue
         if leader is None:
             why = f"nobody beat the baseline on runs 1..{k} ({mine} passes vs its {theirs})"
@@ -120,7 +123,8 @@ def screen(
             lead = counts[leader.spec.id][0]
             who = label.get(leader.spec.id, leader.spec.id)
             why = f"{mine} passes on runs 1..{k}, leader {who} {lead}, baseline {theirs}"
-        out.append(replace(d, verdict=REJECT, reason=f"{REJECT}: screened out: {why}"))
+        reason = f"{REJECT}: screened out: {why}"
+        out.append(replace(d, verdict=REJECT, reason=reason, cause=Cause.SCREENED_OUT))
     cases = {cid for s in stats.values() for cid in s.case_ids}
     saved = sum(len(cases) * (runs - (c.runs or runs)) for c in group)
     line = f"screened {len(group)} candidates on {k} of {runs} runs: {saved} items saved"

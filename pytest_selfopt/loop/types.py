@@ -9,20 +9,107 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from enum import StrEnum
 from typing import Any
 
 from pytest_selfopt.loop.spec import Scalar, Spec
 
-PROMOTE = "PROMOTE"
-HOLD = "HOLD"
-REJECT = "REJECT"
-VERDICTS: tuple[str, ...] = (PROMOTE, HOLD, REJECT)
+
+class Verdict(StrEnum):
+    """What the gates say about one candidate."""
+
+    PROMOTE = "PROMOTE"
+    HOLD = "HOLD"
+    REJECT = "REJECT"
+
+
+PROMOTE = Verdict.PROMOTE
+HOLD = Verdict.HOLD
+REJECT = Verdict.REJECT
+VERDICTS: tuple[Verdict, ...] = tuple(Verdict)
+
+
+class Cause(StrEnum):
+    """Why a decision is what it is, as data (docs/architecture.md, "Gates"): the first
+    failing gate, or why nothing could be decided, or what screening or racing did."""
+
+    PASSED = "passed"  # every gate passed: PROMOTE
+    SAMPLES = "samples"  # gate 1 failed: HOLD
+    STABILITY = "stability"  # gate 2 failed: HOLD
+    IMPROVEMENT = "improvement"  # gate 3 failed: REJECT
+    RESTRAINT = "restraint"  # gate 4 failed: REJECT
+    NO_SAMPLES = "no_samples"  # the candidate or the baseline has no sample: HOLD
+    NO_COMMON_CASE = "no_common_case"  # no case sampled by both (paired): HOLD
+    OUTAGE = "outage"  # the candidate or the baseline is in an outage: HOLD
+    SCREENED_LEAD = "screened_lead"  # led the screening, confirmed next cycle: HOLD
+    SCREENED_OUT = "screened_out"  # screened out: REJECT
+    RACED = "raced"  # given up by racing: REJECT
+
+    @property
+    def is_try(self) -> bool:
+        """Whether the decision measured the candidate: only then does it cool down or count
+        towards retirement. No data (no samples, an outage) and a screened lead do not."""
+        return self not in _NOT_A_TRY
+
+
+_NOT_A_TRY = frozenset({Cause.NO_SAMPLES, Cause.NO_COMMON_CASE, Cause.OUTAGE, Cause.SCREENED_LEAD})
+#: The cause of a verdict from its first failing gate (by gate name).
+GATE_CAUSES: Mapping[str, Cause] = {
+    "samples": Cause.SAMPLES,
+    "stability": Cause.STABILITY,
+    "improvement": Cause.IMPROVEMENT,
+    "restraint": Cause.RESTRAINT,
+}
+
+
+class DiagnosisKind(StrEnum):
+    """What a case's run pattern (or a spec's samples) says (loop/diagnose.py)."""
+
+    STABLE_PASS = "stable_pass"
+    COLD_START = "cold_start"
+    CAPABILITY_LIMIT = "capability_limit"
+    TIMEOUT_BOUND = "timeout_bound"
+    FLAKY = "flaky"
+    OUTAGE = "outage"
+
+
+class Action(StrEnum):
+    """What a recommendation does (loop/diagnose.py, loop/screen.py)."""
+
+    ROUTE_NEXT_MODEL = "route_next_model"
+    ENABLE_WARMUP = "enable_warmup"
+    RAISE_TIMEOUT = "raise_timeout"
+    RAISE_RETRIES = "raise_retries"
+    CONFIRM_SCREENED = "confirm_screened"
+
+
+class Origin(StrEnum):
+    """Why a candidate is in a plan."""
+
+    BASELINE = "baseline"
+    SEARCH = "search"  # one knob of the search space
+    PENDING = "pending"  # a recommendation (or a screened leader) being verified
+    SCREEN = "screen"  # a search candidate limited to runs 1..k (loop/screen.py)
+
+
+class CandidateStatus(StrEnum):
+    """Where a spec stands for the next cycle of its phase (loop/generate.py)."""
+
+    UNTRIED = "untried"  # never measured against this baseline
+    RETRY = "retry"  # measured before, free again after its cool-down
+    COOLING_DOWN = "cooling_down"  # failed recently; free again in a later cycle
+    RETIRED = "retired"  # rejected twice against this baseline: back only when it changes
+
 
 # Error kinds a sample can carry (``None`` when it passed).
 WRONG_ANSWER = "wrong_answer"
 TRANSPORT_ERROR_KINDS: frozenset[str] = frozenset(
     {"timeout", "connect", "http_429", "http_5xx", "http_4xx", "protocol", "config"}
 )
+#: Transport kinds that, when most of a spec's samples end in one of them, are an outage:
+#: the service did not answer at all. A timeout is not: it is a cost of ``timeout_s``
+#: (diagnosed ``timeout_bound``), and a candidate that answers must be able to beat it.
+OUTAGE_ERROR_KINDS: frozenset[str] = TRANSPORT_ERROR_KINDS - {"timeout"}
 
 
 @dataclass(frozen=True)
@@ -61,7 +148,7 @@ class Sample:
 
 @dataclass(frozen=True)
 class GateSettings:
-    """Thresholds of the seed's four gates (DESIGN.md §8) and of diagnosis aggregation."""
+    """Thresholds of the seed's four gates (docs/architecture.md, "Gates") and of diagnosis aggregation."""
 
     min_samples: int = 3
     max_variance: float = 0.0025
@@ -108,14 +195,15 @@ class SearchSpace:
 
 @dataclass(frozen=True)
 class CasePattern:
-    """One case's R outcomes under one spec, in time order of their start."""
+    """One case's R outcomes under one spec, in run order (run number, then start time
+    within a run): never completion order, so any worker count reads the same pattern."""
 
     case_id: str
-    runs: tuple[int, ...]  # run numbers, in time order
-    outcomes: tuple[bool, ...]  # passed, in time order
-    error_kinds: tuple[str | None, ...]  # in time order
-    workers: tuple[str, ...]  # in time order
-    started_at: tuple[float, ...] = ()  # in time order
+    runs: tuple[int, ...]  # run numbers, ascending
+    outcomes: tuple[bool, ...]  # passed, in run order
+    error_kinds: tuple[str | None, ...]  # in run order
+    workers: tuple[str, ...]  # in run order
+    started_at: tuple[float, ...] = ()  # in run order
 
     def render(self) -> str:
         """``[F,F,P,P,P,P,P]``"""
@@ -187,19 +275,47 @@ class GateResult:
 
 @dataclass(frozen=True)
 class Decision:
+    """One candidate's verdict, why (``cause``, as data; ``reason``, one line for people) and
+    the policy's estimate of its gain over the baseline, which picks the winner."""
+
     phase: str
     spec_id: str
     label: str
-    verdict: str  # PROMOTE | HOLD | REJECT
+    verdict: Verdict
     reason: str  # one line
     gates: tuple[GateResult, ...]
+    #: None: derived from the verdict and the first failing gate
+    cause: Cause | None = None
+    #: the policy's estimate of the gain (paired: the effect; seed: the median difference)
+    estimate: float | None = None
+
+    def __post_init__(self) -> None:
+        verdict = Verdict(self.verdict)
+        object.__setattr__(self, "verdict", verdict)
+        cause = self.cause
+        if cause is not None and (cause == Cause.PASSED) != (verdict == PROMOTE):
+            cause = None  # a verdict replaced without its cause (``dataclasses.replace``)
+        if cause is None and verdict == PROMOTE:
+            cause = Cause.PASSED
+        elif cause is None:
+            failed = next((g for g in self.gates if not g.passed), None)
+            fallback = Cause.IMPROVEMENT if verdict == REJECT else Cause.SAMPLES
+            cause = GATE_CAUSES.get(failed.name, fallback) if failed else fallback
+        object.__setattr__(self, "cause", Cause(cause))
+
+    @property
+    def is_try(self) -> bool:
+        """Whether this decision measured the candidate (``Cause.is_try``)."""
+        return self.cause is None or self.cause.is_try
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "phase": self.phase,
             "spec_id": self.spec_id,
             "label": self.label,
-            "verdict": self.verdict,
+            "verdict": str(self.verdict),
+            "cause": str(self.cause),
+            "estimate": self.estimate,
             "reason": self.reason,
             "gates": [g.to_dict() for g in self.gates],
         }
@@ -207,17 +323,34 @@ class Decision:
 
 @dataclass(frozen=True)
 class Diagnosis:
+    """What one case's pattern says, or (``case_id`` None) one spec's samples together: a
+    per-worker cold start, or an outage (then ``model``, ``error_kind`` and ``samples`` say
+    which model failed how, in ``failures`` of ``samples``)."""
+
     phase: str
     spec_id: str
     case_id: str | None  # None: a spec-level diagnosis
-    kind: str  # stable_pass | cold_start | capability_limit | timeout_bound | flaky
+    kind: DiagnosisKind
     pattern: str  # "[F,F,P,P,P,P,P]" ("" for spec-level)
     detail: str
     failures: int = 0  # failed samples behind the diagnosis
     transport_failures: int = 0  # of which ended in a transport error (retries may cure them)
+    model: str = ""  # outage: the spec's model alias
+    error_kind: str | None = None  # outage: the error kind most samples ended in
+    samples: int = 0  # outage: the spec's samples
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", DiagnosisKind(self.kind))
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """Every field; the outage-only ones only when set (history stays compact)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("model", "error_kind", "samples") and value == f.default:
+                continue
+            out[f.name] = str(value) if f.name == "kind" else value
+        return out
 
 
 @dataclass(frozen=True)
@@ -225,15 +358,19 @@ class Recommendation:
     """A change to try: ``knob=value`` applied to the spec it was diagnosed on."""
 
     phase: str
-    action: str  # enable_warmup | route_next_model | raise_timeout | raise_retries
+    action: Action
     knob: str
     value: Scalar
     spec_id: str  # the spec the diagnosis was made on
     reason: str
     evidence: tuple[str, ...] = ()  # case ids
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "action", Action(self.action))
+
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["action"] = str(self.action)
         d["evidence"] = list(self.evidence)
         return d
 
@@ -302,9 +439,12 @@ class Candidate:
 
     phase: str
     spec: Spec
-    origin: str  # "baseline" | "search" | "pending" | "screen" (loop/screen.py)
+    origin: Origin
     recommendation: Recommendation | None = None
     runs: int | None = None  # runs 1..runs only (screened); None: all runs
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "origin", Origin(self.origin))
 
 
 @dataclass(frozen=True)
@@ -315,9 +455,36 @@ class PhasePlan:
     baseline: Spec
     candidates: tuple[Candidate, ...] = ()
 
+    #: specs generation would have offered but did not (cooling down, retired, no room)
+    held_back: tuple[HeldBack, ...] = ()
+
     @property
     def specs(self) -> tuple[Spec, ...]:
         return (self.baseline,) + tuple(c.spec for c in self.candidates)
+
+
+@dataclass(frozen=True)
+class HeldBack:
+    """A spec that generation would have offered a phase but did not, and why: data for
+    reports ("cooling down until cycle 6", "retired", "untried: no room")."""
+
+    spec: Spec
+    origin: Origin  # search or pending
+    status: CandidateStatus  # COOLING_DOWN, RETIRED, or UNTRIED / RETRY (over max_candidates)
+    #: COOLING_DOWN: the first cycle it may run again; otherwise None
+    free_in_cycle: int | None = None
+    #: COOLING_DOWN / RETIRED: the cycle of the decision that holds it back; otherwise None
+    since_cycle: int | None = None
+
+    def to_dict(self, baseline: Spec) -> dict[str, Any]:
+        return {
+            "spec_id": self.spec.id,
+            "label": self.spec.label(baseline),
+            "origin": str(self.origin),
+            "status": str(self.status),
+            "free_in_cycle": self.free_in_cycle,
+            "since_cycle": self.since_cycle,
+        }
 
 
 @dataclass(frozen=True)
@@ -344,13 +511,21 @@ class AuditRecord:
 
 @dataclass(frozen=True)
 class TriedSpec:
-    """A spec evaluated in an earlier cycle, read back from history (for cool-downs)."""
+    """A spec decided in an earlier cycle, read back from history (cool-downs, retirement)."""
 
     phase: str
     spec_id: str
     cycle: int
-    verdict: str
-    origin: str  # "search" | "pending" | "screen"
+    verdict: Verdict
+    origin: Origin
+    #: the decision measured the candidate (``Decision.is_try``): no data is no try
+    is_try: bool = True
+    #: the phase's baseline spec id in that cycle ("" when unknown: counts for any baseline)
+    baseline_id: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "verdict", Verdict(self.verdict))
+        object.__setattr__(self, "origin", Origin(self.origin))
 
 
 @dataclass(frozen=True)

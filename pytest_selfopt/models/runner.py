@@ -27,6 +27,11 @@ every reference a simulated provider gets, so each cycle draws fresh simulated d
 
 Fallbacks are tried after the primary model gives up with any transport failure,
 non-retryable ones (``http_4xx``, ``config``) included: each model gets the spec's knobs.
+
+Many threads may call ``ask`` at once (docs/performance.md, "Calls in flight"): every attempt
+and warm-up ping of a model that really waits first takes a permit from the model's
+:class:`~pytest_selfopt.models.ratelimit.Limiter` (``max_concurrency``, ``rpm``, ``tpm``, and
+slowing down on HTTP 429), before its clock starts, so waiting for a permit is never latency.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -48,6 +54,7 @@ from pytest_selfopt.models.base import (
     Request,
     create_provider,
 )
+from pytest_selfopt.models.ratelimit import Limiter, Limits, Permit
 from pytest_selfopt.models.sim import draw
 
 BACKOFF_BASE_S = 0.5
@@ -139,8 +146,10 @@ class Runner:
         self._rng = random.Random(rng_seed)
         self._lock = threading.Lock()
         self._providers: dict[str, Provider] = {}
-        self._clients: dict[tuple[str, str], Client] = {}  # (spec id, alias): i0 clients
+        #: i0 clients by (spec, alias): a spec hashes by its knobs, like its id but cheaper.
+        self._clients: dict[tuple[Spec, str], Client] = {}
         self._warm: dict[tuple[str, str], threading.Lock] = {}  # (spec id, alias) warmed up
+        self._limiters: dict[str, Limiter] = {}  # alias -> its limits in this process
         self.warmup_attempts = 0  # unmeasured warm-up requests sent, for reports and tests
 
     # -- public ------------------------------------------------------------------------------
@@ -179,6 +188,12 @@ class Runner:
             if reply is not None:
                 return tally.answer(reply.text, alias, self._cost(alias, tally), tuple(used))
         return tally.answer(None, chain[-1], self._cost(chain[-1], tally), tuple(used))
+
+    def limit_notes(self) -> list[str]:
+        """What the rate limits did (429 slow-downs, long waits), for the session summary."""
+        with self._lock:
+            limiters = list(self._limiters.values())
+        return [note for limiter in limiters for note in limiter.notes()]
 
     def close(self) -> None:
         """Close every kept (i0) client."""
@@ -219,29 +234,36 @@ class Runner:
                 timeout_s=spec.timeout_s,
                 reference=ref,
             )
-            if tally.started_at is None:
-                tally.started_at = time.time()
-            tally.attempts += 1
-            client = self._client(spec, alias, provider)  # built before the clock starts
-            t0 = self._clock()
-            try:
-                reply = self._complete(spec, client, request)
-            except ProviderError as exc:
-                measured = (self._clock() - t0) / scale
+            with self._permit(alias, provider, text) as permit:  # before the clock starts
+                client = self._client(spec, alias, provider)  # so is the client
+                if tally.started_at is None:
+                    tally.started_at = time.time()
+                tally.attempts += 1
+                t0 = self._clock()
+                try:
+                    reply = self._complete(spec, client, request)
+                except ProviderError as exc:
+                    measured = (self._clock() - t0) / scale
+                    permit.throttled = exc.kind == "http_429"
+                    failure: ProviderError | None = exc
+                else:
+                    measured = (self._clock() - t0) / scale
+                    permit.answered(reply.input_tokens, reply.output_tokens)
+                    failure = None
+            if failure is not None:
                 latency = (
-                    exc.simulated_latency_s
-                    if simulated_time and exc.simulated_latency_s is not None
+                    failure.simulated_latency_s
+                    if simulated_time and failure.simulated_latency_s is not None
                     else measured
                 )
-                tally.failed(latency, exc)
-                if not exc.retryable or k == spec.retries:
+                tally.failed(latency, failure)
+                if not failure.retryable or k == spec.retries:
                     return None
-                wait = self._backoff(k, _scaled_retry_after(exc, scale), ref, alias, tally)
+                wait = self._backoff(k, _scaled_retry_after(failure, scale), ref, alias, tally)
                 if not simulated_time:
                     self._sleep(wait * scale)
                 tally.total += wait
                 continue
-            measured = (self._clock() - t0) / scale
             latency = (
                 reply.simulated_latency_s
                 if simulated_time and reply.simulated_latency_s is not None
@@ -255,7 +277,7 @@ class Runner:
         """``i1``: a fresh client for this call; ``i0``: the kept one."""
         if spec.isolation == "i1":
             return provider.new_client()
-        return self._kept_client(spec.id, alias, provider)
+        return self._kept_client(spec, alias, provider)
 
     def _complete(self, spec: Spec, client: Client, request: Request) -> Reply:
         """One call; an ``i1`` client is closed after it (outside the caller's clock)."""
@@ -265,11 +287,11 @@ class Runner:
             if spec.isolation == "i1":
                 client.close()
 
-    def _kept_client(self, spec_id: str, alias: str, provider: Provider) -> Client:
+    def _kept_client(self, spec: Spec, alias: str, provider: Provider) -> Client:
         with self._lock:
-            client = self._clients.get((spec_id, alias))
+            client = self._clients.get((spec, alias))
             if client is None:
-                client = self._clients[(spec_id, alias)] = provider.new_client()
+                client = self._clients[(spec, alias)] = provider.new_client()
             return client
 
     def _warm_up(
@@ -299,7 +321,14 @@ class Runner:
                 )
                 self.warmup_attempts += 1
                 try:
-                    self._complete(spec, self._client(spec, alias, provider), request)
+                    with self._permit(alias, provider, WARMUP_PROMPT) as permit:
+                        client = self._client(spec, alias, provider)
+                        try:
+                            reply = self._complete(spec, client, request)
+                        except ProviderError as exc:
+                            permit.throttled = exc.kind == "http_429"
+                            raise
+                        permit.answered(reply.input_tokens, reply.output_tokens)
                     return
                 except ProviderError as exc:
                     if not exc.retryable:
@@ -312,6 +341,27 @@ class Runner:
             gate.release()
 
     # -- helpers -----------------------------------------------------------------------------
+
+    @contextmanager
+    def _permit(self, alias: str, provider: Provider, text: str) -> Iterator[Permit]:
+        """A slot under the model's limits; simulated time has no limits to keep."""
+        if provider.simulated_time:
+            yield Permit(0)
+            return
+        with self._lock:
+            limiter = self._limiters.get(alias)
+            if limiter is None:
+                model = self.models[alias]
+                limits = Limits(
+                    max_concurrency=getattr(model, "max_concurrency", None),
+                    rpm=getattr(model, "rpm", None),
+                    tpm=getattr(model, "tpm", None),
+                )
+                limiter = self._limiters[alias] = Limiter(
+                    alias, limits, scale=_time_scale(provider)
+                )
+        with limiter.permit(text) as permit:
+            yield permit
 
     def _provider(self, alias: str) -> Provider:
         with self._lock:

@@ -23,7 +23,7 @@ from pytest_selfopt.plugin import racing
 from pytest_selfopt.plugin.codec import Collected, payload_of
 from pytest_selfopt.plugin.items import CONFIG_ERROR_MARK, collection_error
 from pytest_selfopt.plugin.state import SessionState
-from pytest_selfopt.store.files import FilesError
+from pytest_selfopt.store.formats import FilesError
 from pytest_selfopt.store.journal import (
     Entry,
     Identity,
@@ -66,6 +66,7 @@ class Controller:
         self.journal: Journal | None = None
         self.resumed = 0
         self.identity: Identity | None = None
+        self.start_notes: list[str] = []
 
     @property
     def shipment(self) -> Any:
@@ -93,6 +94,10 @@ class Controller:
                 runs=config.getoption("selfopt_runs"),
                 seed=config.getoption("selfopt_seed"),
                 plan_hook=self._plan_hook,
+                lock=bool(config.getoption("selfopt"))
+                and not config.getoption("selfopt_dry_run")
+                and not config.getoption("collectonly")
+                and self.state.shard is None,
             )
         except (ConfigError, FilesError) as exc:
             if state.measuring:
@@ -102,6 +107,7 @@ class Controller:
             state.config_error = str(exc)
             return
         state.shipment = self.prepared.shipment
+        self.start_notes = list(self.prepared.notes)
         self.policy = self._policy(self.prepared.settings.policy)
         self.identity = self._identity(self.prepared)
         if self.state.shard is not None and config.getoption("selfopt_race_after"):
@@ -259,6 +265,8 @@ class Controller:
     def pytest_unconfigure(self) -> None:
         if self.board is not None:
             self.board.close()
+        if self.prepared is not None and self.prepared.lock is not None:
+            self.prepared.lock.release()
 
     def close(self, session: pytest.Session, exitstatus: int) -> bool:
         """Close the cycle; False when nothing was decided."""
@@ -393,6 +401,7 @@ class Controller:
         return problems + self.collected.problems(session.testscollected, shipment)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        self.summary = [*self.start_notes, *self.summary]
         if self.summary:
             terminalreporter.write_sep("=", "selfopt")
             for line in self.summary:

@@ -14,7 +14,13 @@ from typing import Any
 
 import pytest
 
-from pytest_selfopt.argtypes import non_negative_int, output_path, positive_int, whole_number
+from pytest_selfopt.argtypes import (
+    non_negative_int,
+    output_path,
+    positive_int,
+    run_count,
+    whole_number,
+)
 from pytest_selfopt.plugin.codec import Point, Shipment
 from pytest_selfopt.plugin.controller import (
     CONFIG_ERROR_KEY,
@@ -55,7 +61,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "write nothing; exit 1 on a regression",
     )
     group.addoption(
-        "--selfopt-runs", type=positive_int, metavar="N", help="runs per spec (default: config)"
+        "--selfopt-runs", type=run_count, metavar="N", help="runs per spec (default: config)"
     )
     group.addoption(
         "--selfopt-race-after",

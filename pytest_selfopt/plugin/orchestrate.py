@@ -25,7 +25,9 @@ from pytest_selfopt.report.markdown import check_markdown, markdown
 from pytest_selfopt.report.power import power_lines
 from pytest_selfopt.report.terminal import check_terminal_lines
 from pytest_selfopt.store import files
+from pytest_selfopt.store.formats import FilesError
 from pytest_selfopt.store.journal import Identity, digest, file_digest
+from pytest_selfopt.store.lock import CycleLock
 from pytest_selfopt.suite.config import SuiteConfig, load_config
 
 #: The committed files, by name (their digests are part of a plan's identity).
@@ -47,6 +49,8 @@ class Prepared:
     state: LoopState
     settings: LoopSettings
     shipment: Shipment
+    lock: CycleLock | None = None  # held from the read to the write of a writing cycle
+    notes: tuple[str, ...] = ()  # what the start repaired or found (one line each)
 
 
 def check_against_config(
@@ -68,7 +72,7 @@ def check_against_config(
             *(("fallbacks", model, config.models) for model in fallbacks),
         ):
             if value not in known:
-                raise files.FilesError(
+                raise FilesError(
                     f"{relative(folder / name)}: {key}.{knob}: {value!r} is not defined in "
                     f"{config.path.name} (expected one of: {', '.join(known)}); restore the "
                     "file from git or add it to the config"
@@ -88,11 +92,23 @@ def prepare(
     runs: int | None = None,
     seed: int | None = None,
     plan_hook: PlanHook | None = None,
+    lock: bool = False,
 ) -> Prepared:
-    """Read config and committed files, and plan the cycle. Raises ConfigError/FilesError."""
+    """Read config and committed files, and plan the cycle. Raises ConfigError/FilesError.
+
+    ``lock``: a cycle that will write holds the folder's lock from this read to its write, so
+    a second cycle started meanwhile is refused in one line and writes nothing."""
     config = load_config(config_path)
-    committed = files.read_state(baselines_dir)
-    check_against_config(committed, config, baselines_dir)
+    held = CycleLock(baselines_dir) if lock else None
+    lock_note = held.acquire() if held is not None else None
+    try:
+        committed = files.read_state(baselines_dir, lock=held)
+        check_against_config(committed, config, baselines_dir)
+    except BaseException:
+        if held is not None:
+            held.release()
+        raise
+    notes = tuple([lock_note] if lock_note else []) + tuple(committed.notes)
     settings = config.loop_settings()
     if runs is not None or seed is not None:
         from dataclasses import replace
@@ -156,7 +172,9 @@ def prepare(
         routes=routes,
         default_route=default_route,
     )
-    return Prepared(config, baselines_dir, committed, state, settings, shipment)
+    return Prepared(
+        config, baselines_dir, committed, state, settings, shipment, lock=held, notes=notes
+    )
 
 
 def plan_identity(prepared: Prepared, config_path: Path) -> Identity:
@@ -237,7 +255,8 @@ def finish(
             },
             history_entry=entry,
             audit=outcome.audit,
-            expected_baseline_sha256=prepared.committed.baseline_sha256,
+            expected=prepared.committed,
+            lock=prepared.lock,
             git_commit=files.git_commit(prepared.baselines_dir),
         )
         written = [relative(p) for p in changed]

@@ -51,7 +51,7 @@ from pytest_selfopt.suite.cases import Case
 #: Items whose calls are queued ahead, per call in flight: while the test thread is busy with
 #: one item, the pool already has the next calls to start.
 WINDOW_PER_CALL = 2
-#: How far past the running item an xdist worker's queue is read for items to call ahead.
+#: How far past the running item (items per call in flight) the next items are looked at.
 SCAN_PER_CALL = 8
 #: The ``workeroutput`` key that carries an xdist worker's counts to the controller.
 OUTPUT_KEY = "selfopt_prefetch"
@@ -247,7 +247,8 @@ class Prefetcher:
         point = point_of(item)
         if point is not None and point.run != self._run:
             self._run = point.run
-            self._cursor = 0  # racing: later runs' candidates may be called ahead now
+            if self.race is not None:
+                self._cursor = 0  # later runs' candidates may be called ahead now
         for upcoming in self._upcoming(item, nextitem):
             if upcoming is not item and len(self._tickets) >= self.window:
                 break  # the running item's own call is never held back by later ones
@@ -373,7 +374,9 @@ class Prefetcher:
         start = max(here, self._cursor)
         if start > here:
             yield item
-        for i in range(start, len(items)):
+        # Never further than a few windows ahead: each item's scan is bounded, even while no
+        # test function is known yet.
+        for i in range(start, min(len(items), here + 1 + SCAN_PER_CALL * self.concurrency)):
             self._cursor = i
             yield items[i]
 

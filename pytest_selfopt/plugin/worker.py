@@ -140,7 +140,7 @@ class Worker:
         concurrency: int | None = config.getoption("selfopt_concurrency", None)
         if concurrency is None:
             try:
-                concurrency = int(getattr(load_config(state.config_path), "concurrency", 1))
+                concurrency = load_config(state.config_path).concurrency
             except ConfigError:
                 return None  # the llm fixture reports it
         if concurrency <= 1:

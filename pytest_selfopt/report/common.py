@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -116,13 +117,19 @@ def diagnosis_groups(phase: PhaseOutcome) -> list[_Group]:
 
 
 def group_title(group: _Group) -> str:
+    """``4 stable, 2 cold_start`` over the spec's cases; a spec-level diagnosis (one per spec,
+    not a case: ``case_id`` None) is named after the counts, never counted as a case."""
     same = f" ({group.same} as baseline)" if group.same else ""
-    return f"{_counts(group.found)}{same}"
+    spec_level = list(dict.fromkeys(d.kind for d in group.found if d.case_id is None))
+    tail = f"; spec-level: {', '.join(spec_level)}" if spec_level else ""
+    return f"{_counts(group.found)}{same}{tail}"
 
 
 def _counts(found: Sequence[Diagnosis]) -> str:
     counts: dict[str, int] = {}
     for d in found:
+        if d.case_id is None:
+            continue
         counts[d.kind] = counts.get(d.kind, 0) + 1
     parts = [f"{counts.pop(STABLE)} stable"] if STABLE in counts else []
     for kind in [*KIND_ORDER, *sorted(counts)]:
@@ -184,9 +191,29 @@ def clean(text: str) -> str:
 
 
 def clip(text: str, width: int) -> str:
-    """At most ``width`` characters, with an ellipsis when cut."""
+    """At most ``width`` characters, with an ellipsis when cut (only for a table cell whose
+    full text is shown elsewhere)."""
     width = max(width, 1)
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def wrap(text: str, width: int, indent: int | None = None) -> list[str]:
+    """``text`` in lines of at most ``width`` characters, never cut: continuation lines are
+    indented by ``indent`` (default: the text's own indentation + 4). CI logs are 80 columns
+    wide and a reason cut there is a reason nobody reads (docs/architecture.md, reports)."""
+    text = text.rstrip()
+    if len(text) <= width:
+        return [text]
+    lead = len(text) - len(text.lstrip(" "))
+    hang = " " * min(lead + 4 if indent is None else indent, max(width // 2, 0))
+    lines = textwrap.wrap(
+        text,
+        width=max(width, len(hang) + 8),
+        subsequent_indent=hang,
+        break_on_hyphens=False,
+        replace_whitespace=False,
+    )
+    return lines or [text]
 
 
 def written_lines(written: Sequence[str], dry_run: bool, promoted: bool) -> list[str]:

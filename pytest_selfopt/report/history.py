@@ -150,13 +150,42 @@ def _phase_note(history: Sequence[Mapping[str, Any]], phase: str) -> str:
 class NextCycle:
     """One phase's candidates as the next cycle would see them, in the report's words."""
 
-    untried: tuple[str, ...] = ()  # never decided in this phase
-    again: tuple[str, ...] = ()  # decided before; back after its cool-down
-    cooling: tuple[tuple[str, int], ...] = ()  # (label, first cycle it may be tried again)
+    untried: tuple[str, ...] = ()  # never measured against this baseline
+    again: tuple[str, ...] = ()  # measured before; free again after its cool-down
+    cooling: tuple[tuple[str, int], ...] = ()  # (label, first cycle it may run again)
+    retired: tuple[str, ...] = ()  # rejected twice against this baseline: back only after a change
 
     @property
     def candidates(self) -> tuple[str, ...]:
         return (*self.untried, *self.again)
+
+
+def next_cycles(entry: Mapping[str, Any]) -> dict[str, NextCycle] | None:
+    """What the cycle recorded about the next one (history ``phases.*.next``, written since
+    the loop computes it), or None for an older history without it."""
+    phases = phases_of(entry)
+    if not phases or any(not isinstance(rec.get("next"), Mapping) for rec in phases.values()):
+        return None
+    out = {}
+    for phase, rec in sorted(phases.items()):
+        nxt = as_map(rec.get("next"))
+        runnable = [*_maps(nxt.get("planned")), *_maps(nxt.get("waiting"))]
+
+        def labels(items: list[Mapping[str, Any]]) -> tuple[str, ...]:
+            return tuple(str(i.get("label", i.get("spec_id", "?"))) for i in items)
+
+        cooling = tuple(
+            (str(i.get("label", i.get("spec_id", "?"))), int(i["free_in_cycle"]))
+            for i in _maps(nxt.get("cooling_down"))
+            if isinstance(i.get("free_in_cycle"), int)
+        )
+        out[phase] = NextCycle(
+            untried=labels([i for i in runnable if i.get("status") != "retry"]),
+            again=labels([i for i in runnable if i.get("status") == "retry"]),
+            cooling=cooling,
+            retired=labels(_maps(nxt.get("retired"))),
+        )
+    return out
 
 
 def _open_text(phase: str, left: NextCycle) -> str:
@@ -164,19 +193,25 @@ def _open_text(phase: str, left: NextCycle) -> str:
     return f"{phase}: {', '.join(parts)}"
 
 
-def _cooling_text(left: Mapping[str, NextCycle]) -> str:
+def _held_text(left: Mapping[str, NextCycle]) -> str:
+    """``; cooling down: atomic retries=2 (may run again in cycle 5); retired: ...``"""
     cooling = [
-        f"{phase} {label} until cycle {until}"
+        f"{phase} {label} (may run again in cycle {free})"
         for phase, nxt in left.items()
-        for label, until in nxt.cooling
+        for label, free in nxt.cooling
     ]
-    return f"; cooling down: {', '.join(cooling)}" if cooling else ""
+    retired = [f"{phase} {label}" for phase, nxt in left.items() for label in nxt.retired]
+    text = f"; cooling down: {', '.join(cooling)}" if cooling else ""
+    if retired:
+        text += f"; retired (rejected twice against this baseline): {', '.join(retired)}"
+    return text
 
 
 def plateau_line(history: Sequence[Mapping[str, Any]], left: Mapping[str, NextCycle] | None) -> str:
     """Whether the suite has anything left to gain: climbing, verifying, open, or a plateau.
 
-    ``left``: the next cycle's candidates per phase, when the suite config could be read."""
+    ``left``: the next cycle's candidates per phase, when known (:func:`next_cycles`, or
+    the suite config read for an older history)."""
     last = history[-1]
     cycle = last.get("cycle")
     if promoted(last):
@@ -194,5 +229,5 @@ def plateau_line(history: Sequence[Mapping[str, Any]], left: Mapping[str, NextCy
         return f"not at a plateau yet: the next cycle tries {what}"
     return (
         f"plateau reached: cycle {cycle} promoted nothing, no untried candidate and "
-        f"no pending recommendation left{_cooling_text(left)}"
+        f"no pending recommendation left{_held_text(left)}"
     )

@@ -1,11 +1,8 @@
-"""What a person reads after a cycle: terminal decision matrix, pull-request Markdown, JSON.
+"""What a person reads at the end of a session: the terminal decision matrix and check summary.
 
-Pure functions of a :class:`CycleOutcome` (and history entries as plain dicts): no pytest,
-no files. This module holds the terminal rendering and is the public face of the others:
-``markdown``/``check_markdown``/``escape_md`` live in :mod:`pytest_selfopt.report.markdown`,
-``json_document`` in :mod:`pytest_selfopt.report.jsondoc`, shared helpers in
-:mod:`pytest_selfopt.report.common`. Text a model or a user file can control is cleaned for the
-terminal (no newlines, no escape sequences) and escaped for Markdown.
+Pure functions of a :class:`CycleOutcome` (or check results): no pytest, no files. Text a
+model or a user file can control is cleaned for the terminal (no newlines, no escape
+sequences); nothing is cut: long lines wrap at the width (docs/architecture.md, reports).
 """
 
 from __future__ import annotations
@@ -16,17 +13,13 @@ from pytest_selfopt.loop.outcome import CycleOutcome, PhaseOutcome
 from pytest_selfopt.loop.regress import RegressionResult
 from pytest_selfopt.report.common import (
     FAIL_MARK,
-    GATE_ORDER,
-    KIND_ORDER,
     NO_MARK,
     PASS_MARK,
-    STABLE,
     check_detail,
     check_headline,
     check_verdict,
     clean,
     clip,
-    curve,
     decision_reason,
     diagnosis_groups,
     fmt,
@@ -37,31 +30,9 @@ from pytest_selfopt.report.common import (
     rate_change,
     recommendation_text,
     spec_labels,
+    wrap,
     written_lines,
 )
-from pytest_selfopt.report.history import curve_lines
-from pytest_selfopt.report.jsondoc import json_document
-from pytest_selfopt.report.markdown import check_markdown, escape_html, escape_md, markdown
-
-__all__ = [
-    "FAIL_MARK",
-    "GATE_ORDER",
-    "KIND_ORDER",
-    "NO_MARK",
-    "PASS_MARK",
-    "STABLE",
-    "check_markdown",
-    "check_terminal_lines",
-    "clean",
-    "clip",
-    "curve",
-    "curve_lines",
-    "escape_html",
-    "escape_md",
-    "json_document",
-    "markdown",
-    "terminal_lines",
-]
 
 
 def _table(rows: Sequence[Sequence[str]], right: set[int]) -> list[str]:
@@ -76,10 +47,16 @@ def _table(rows: Sequence[Sequence[str]], right: set[int]) -> list[str]:
     return lines
 
 
+#: The widest a label cell gets; a longer label is written in full on its own line above.
+LABEL_CELL = 28
+#: The narrowest reason column worth having; narrower: each reason goes under its row.
+REASON_MIN = 16
+
+
 def _matrix_lines(phase: PhaseOutcome, width: int) -> list[str]:
     labels = spec_labels(phase)
     gates = gate_names(phase.decisions)
-    short = [f"g{i}" for i in range(1, len(gates) + 1)]  # numbered as in DESIGN.md §8
+    short = [f"g{i}" for i in range(1, len(gates) + 1)]  # numbered as in docs/architecture.md
     header = ["spec", "median", "var", "restr", "p50", *short, "decision"]
 
     def metrics(spec_id: str) -> list[str]:
@@ -96,8 +73,12 @@ def _matrix_lines(phase: PhaseOutcome, width: int) -> list[str]:
     base_id = phase.plan.baseline.id
     rows = [header, ["baseline", *metrics(base_id), *[NO_MARK] * len(gates), "reference"]]
     reasons = ["reason", ""]
+    long_labels: dict[int, str] = {}  # row -> a label too wide for its cell, shown above it
     for decision in phase.decisions:
-        label = clip(clean(labels.get(decision.spec_id, decision.label)), 28)
+        label = clean(labels.get(decision.spec_id, decision.label))
+        if len(label) > LABEL_CELL:  # in full above the row, shortened in its cell
+            long_labels[len(rows)] = label
+            label = clip(label, LABEL_CELL)
         marks = [gate_mark(decision, g) for g in gates]
         rows.append([label, *metrics(decision.spec_id), *marks, decision.verdict])
         reasons.append(clean(decision_reason(decision)))
@@ -106,39 +87,42 @@ def _matrix_lines(phase: PhaseOutcome, width: int) -> list[str]:
     room = width - used
     out = []
     for i, (line, reason) in enumerate(zip(body, reasons)):
-        if room >= 16:  # reasons fit as the last column
-            out.append(("  " + line.ljust(used - 4) + "  " + clip(reason, room)).rstrip())
-        else:  # too narrow: each reason on its own line under its row
+        if i in long_labels:
+            out += wrap(f"  {long_labels[i]}", width)
+        if room >= REASON_MIN:  # reasons fit as the last column, wrapped inside it
+            chunks = wrap(reason, room, indent=0) if reason else [""]
+            out.append(("  " + line.ljust(used - 4) + "  " + chunks[0]).rstrip())
+            out += [" " * used + chunk for chunk in chunks[1:]]
+        else:  # too narrow: each reason on its own lines under its row
             out.append("  " + line)
             if i > 0 and reason:
-                out.append(clip(f"      reason: {reason}", width))
+                out += wrap(f"      reason: {reason}", width, indent=8)
     legend = "  ".join(f"{k} {g}" for k, g in zip(short, gates))
-    out.append(clip(f"  gates: {legend}  ({PASS_MARK} passed, {FAIL_MARK} failed)", width))
+    out += wrap(f"  gates: {legend}  ({PASS_MARK} passed, {FAIL_MARK} failed)", width)
     return out
 
 
 def terminal_lines(
     outcome: CycleOutcome, *, written: Sequence[str], dry_run: bool, width: int = 100
 ) -> list[str]:
-    """The end-of-session summary: per phase the decision matrix, diagnoses, what was done."""
+    """The end-of-session summary: per phase the decision matrix, diagnoses, what was done.
+
+    No line is longer than ``width``, and nothing is cut: long reasons, diagnoses and
+    recommendations continue on indented lines."""
     width = max(width, 40)
-    lines = [
-        clip(
-            f"selfopt cycle {outcome.cycle} · seed {outcome.seed} · {outcome.runs} runs per spec"
-            f" · policy {clean(outcome.policy)}",
-            width,
-        )
-    ]
+    lines = wrap(
+        f"selfopt cycle {outcome.cycle} · seed {outcome.seed} · {outcome.runs} runs per spec"
+        f" · policy {clean(outcome.policy)}",
+        width,
+    )
     for phase in outcome.phases:
         lines.append("")
-        lines.append(clip(f"phase {clean(phase.phase)}", width))
+        lines += wrap(f"phase {clean(phase.phase)}", width)
         lines += _matrix_lines(phase, width)
         if phase.winner is not None:
             label = spec_labels(phase).get(phase.winner.spec.id, phase.winner.spec.id)
-            lines.append(
-                clip(
-                    f"  winner: {clean(label)} -> new baseline (spec {phase.winner.spec.id})", width
-                )
+            lines += wrap(
+                f"  winner: {clean(label)} -> new baseline (spec {phase.winner.spec.id})", width
             )
         else:
             lines.append("  no winner: baseline kept")
@@ -146,34 +130,32 @@ def terminal_lines(
         if groups:
             lines.append("  diagnoses")
         for group in groups:
-            lines.append(clip(f"    {clean(group.label)}: {group_title(group)}", width))
+            lines += wrap(f"    {clean(group.label)}: {group_title(group)}", width)
             shown = group.shown
-            case_width = min(max((len(clean(d.case_id or "(spec)")) for d in shown), default=0), 30)
-            for d in shown:
-                case = clip(clean(d.case_id or "(spec)"), 30).ljust(case_width)
-                text = f"      {case}  {clean(d.pattern)}  {d.kind}"
+            cases = [clean(d.case_id or "(spec)") for d in shown]
+            case_width = min(max((len(c) for c in cases), default=0), 30)
+            for case, d in zip(cases, shown):
+                text = f"      {case.ljust(case_width)}  {clean(d.pattern)}  {d.kind}"
                 if d.detail:
                     text += f"  {clean(d.detail)}"
-                lines.append(clip(text.rstrip(), width))
+                lines += wrap(text, width, indent=10)
         if phase.recommendations:
             lines.append("  recommendations")
             for rec in phase.recommendations:
-                lines.append(
-                    clip(f"    {clean(recommendation_text(rec))}  {clean(rec.reason)}", width)
-                )
+                lines += wrap(f"    {clean(recommendation_text(rec))}  {clean(rec.reason)}", width)
         if phase.enforced:
             lines.append("  enforced")
-            lines += [clip(f"    {clean(e)}", width) for e in phase.enforced]
+            for e in phase.enforced:
+                lines += wrap(f"    {clean(e)}", width)
     if outcome.pending:
         lines.append("")
         lines.append(f"pending for the next cycle: {len(outcome.pending)} candidate(s)")
         for pending in outcome.pending:
             rec = pending.recommendation
-            lines.append(
-                clip(f"  {clean(pending.phase)}: {clean(recommendation_text(rec))}", width)
-            )
+            lines += wrap(f"  {clean(pending.phase)}: {clean(recommendation_text(rec))}", width)
     lines.append("")
-    lines += written_lines(written, dry_run, outcome.promoted)
+    for line in written_lines(written, dry_run, outcome.promoted):
+        lines += wrap(line, width, indent=4)
     return lines
 
 
@@ -182,24 +164,25 @@ def check_terminal_lines(
 ) -> list[str]:
     """``--selfopt-check`` summary: a line per phase, every case that got worse, then notes.
 
-    ``notes`` are the caller's lines about phases that could not be compared.
-    """
+    ``notes`` are the caller's lines about phases that could not be compared. Wrapped at
+    ``width``, never cut."""
     width = max(width, 40)
-    lines = [clip(f"selfopt check: {clean(check_headline(results))}", width)]
+    lines = wrap(f"selfopt check: {clean(check_headline(results))}", width)
     name_width = min(max((len(clean(r.phase)) for r in results), default=0), 24)
     for r in results:
-        phase = clip(clean(r.phase), 24).ljust(name_width)
+        phase = clean(r.phase).ljust(name_width)
         verdict = check_verdict(r).ljust(12)
-        lines.append(clip(f"  {phase}  {verdict}  {clean(check_detail(r))}", width))
+        lines += wrap(f"  {phase}  {verdict}  {clean(check_detail(r))}", width, indent=6)
         for c in r.worse_cases:
             text = (
                 f"      {clean(c.case_id)}  {clean(c.committed_pattern)} -> "
                 f"{clean(c.measured_pattern)}  (pass rate {rate_change(c)})"
             )
-            lines.append(clip(text, width))
+            lines += wrap(text, width, indent=10)
         if r.new_cases:
             new = ", ".join(clean(c) for c in r.new_cases)
-            lines.append(clip(f"      new since the baseline was measured: {new}", width))
-    lines += [clip(f"  {clean(note)}", width) for note in notes]
+            lines += wrap(f"      new since the baseline was measured: {new}", width, indent=10)
+    for note in notes:
+        lines += wrap(f"  {clean(note)}", width)
     lines.append("check mode: nothing written")
     return lines

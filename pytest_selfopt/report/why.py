@@ -55,9 +55,7 @@ def _routine(record: Mapping[str, Any]) -> bool:
 
 def why_lines(records: Sequence[Mapping[str, Any]]) -> list[str]:
     """One phase's audit records, cycle by cycle, as sentences; routine rejections grouped."""
-    promoted_ids = {
-        (r.get("cycle"), r.get("spec_id")) for r in records if r.get("event") == "promote"
-    }
+    promoted_ids = {_key(r) for r in records if r.get("event") == "promote"}
     lines: list[str] = []
     cycles = list(dict.fromkeys(str(r.get("cycle")) for r in records))
     for cycle in cycles:
@@ -80,11 +78,16 @@ def why_lines(records: Sequence[Mapping[str, Any]]) -> list[str]:
         for r in here:
             if _routine(r):
                 continue
-            won = (r.get("cycle"), r.get("spec_id")) in promoted_ids
+            won = _key(r) in promoted_ids
             text = _why_line(r, won, winners)
             if text:
                 lines.append(prefix + text)
     return lines
+
+
+def _key(record: Mapping[str, Any]) -> tuple[str, str]:
+    """(cycle, spec id) as text: any JSON value, hashable."""
+    return str(record.get("cycle")), str(record.get("spec_id"))
 
 
 def _at(record: Mapping[str, Any]) -> str:
@@ -125,10 +128,11 @@ def _why_line(record: Mapping[str, Any], won: bool, winners: Sequence[str]) -> s
         decision = _strip_verdict(str(detail.get("reason", "")).split(": ", 1)[-1])
         return f"PROMOTE {label}: {decision} -> new baseline"
     if event == "verify_failed":
+        then = detail.get("after_failure")  # "retired: ..." / "cooling down: ..." when recorded
+        then = then if isinstance(then, str) and then else "not re-proposed while cooling down"
         return (
             f"not verified: {label} ({detail.get('action')}) {detail.get('verdict')}: "
-            f"{_strip_verdict(detail.get('reason'))}; not enforced, not re-proposed while "
-            "cooling down"
+            f"{_strip_verdict(detail.get('reason'))}; not enforced, {then}"
         )
     if event == "recommend":
         return (

@@ -1,28 +1,30 @@
-"""The committed files in ``baselines/``: read, validate, and write them safely (DESIGN.md §9).
+"""The committed files in ``baselines/``: read and validate them, write a cycle safely.
 
-Formats live in ``filesformat.py`` (dumps) and ``filesparse.py`` (parsers); this module adds the file system rules: every write goes
-through a temporary file in the same folder, fsync and ``os.replace``; a lock file records
-the writer's PID (and is broken when that process is gone); a cycle refuses to write when
-``baseline.yaml`` changed since it was read; unchanged files are not touched at all, so a
-cycle that promotes nothing leaves baseline.yaml and routing.yaml byte-identical.
+Formats live in ``formats.py`` (dumps) and ``parse.py`` (parsers); the lock in ``lock.py``;
+the one-transaction write in ``transaction.py`` (docs/architecture.md, "Committed files").
+This module puts them together:
+
+* :func:`read_state` first finishes or undoes an interrupted write (one line in
+  ``CommittedState.notes``), then reads and validates all four files, bounded in size and
+  depth, and records the sha256 of each for the compare-before-write;
+* :func:`write_cycle` renders the cycle's four files, refuses if any committed file changed
+  since the cycle read it, and commits them together, under the lock. Unchanged files are
+  not touched, so a cycle that promotes nothing leaves baseline.yaml and routing.yaml
+  byte-identical; decisions.log is validated before anything is appended to it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 import subprocess
-import tempfile
 import time
-import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pytest_selfopt.loop.types import AuditRecord, PhaseBaseline, Route
+from pytest_selfopt.store.disk import decode, display, read_file, sha256_of
 from pytest_selfopt.store.formats import (
     FilesError,
     dump_baseline,
@@ -30,31 +32,31 @@ from pytest_selfopt.store.formats import (
     dump_log_lines,
     dump_routing,
 )
-from pytest_selfopt.store.parse import parse_baseline, parse_history, parse_routing
+from pytest_selfopt.store.lock import CycleLock, LockedError, stale_lock
+from pytest_selfopt.store.parse import parse_baseline, parse_history, parse_log, parse_routing
+from pytest_selfopt.store.transaction import (
+    ConcurrentChangeError,
+    Step,
+    check_unchanged,
+    commit,
+    pending,
+    recover,
+)
 
 __all__ = [
     "BASELINE_FILE",
+    "COMMITTED_FILES",
     "HISTORY_FILE",
-    "LOCK_FILE",
     "LOG_FILE",
     "ROUTING_FILE",
     "CommittedState",
-    "ConcurrentChangeError",
-    "FilesError",
-    "LockedError",
+    "FilesError",  # defined in formats.py; imported from here by the plugin and the CLI
     "RoutingTable",
-    "StaleLockWarning",
-    "dump_baseline",
-    "dump_history",
-    "dump_log_lines",
-    "dump_routing",
+    "UnknownPhaseError",
     "git_commit",
     "load_routing",
-    "parse_baseline",
-    "parse_history",
-    "parse_routing",
     "read_state",
-    "sha256_of",
+    "repair",
     "write_cycle",
 ]
 
@@ -62,47 +64,10 @@ BASELINE_FILE = "baseline.yaml"
 ROUTING_FILE = "routing.yaml"
 HISTORY_FILE = "history.json"
 LOG_FILE = "decisions.log"
-LOCK_FILE = ".selfopt.lock"
-
-
-class LockedError(FilesError):
-    """Another live process holds ``baselines/.selfopt.lock``."""
-
-
-class ConcurrentChangeError(FilesError):
-    """baseline.yaml changed between the start of the cycle and its write."""
-
-
-class StaleLockWarning(UserWarning):
-    """A lock left by a process that no longer exists was broken."""
-
-
-def display(path: Path) -> str:
-    """A path as a person wants to read it: relative to the working directory when inside."""
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except (ValueError, OSError):
-        return str(path)
-
-
-def sha256_of(data: bytes | None) -> str | None:
-    return None if data is None else hashlib.sha256(data).hexdigest()
-
-
-def _read_bytes(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
-
-
-def _decode(data: bytes, path: Path) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise FilesError(
-            f"{display(path)}: not UTF-8 text ({exc.reason} at byte {exc.start})"
-        ) from None
+#: The four committed files, in the order a cycle writes and reports them.
+COMMITTED_FILES = (BASELINE_FILE, ROUTING_FILE, HISTORY_FILE, LOG_FILE)
+#: How long a reader waits for a live writer to finish its commit (it takes milliseconds).
+RECOVERY_WAIT_S = 5.0
 
 
 # --------------------------------------------------------------------------- reading
@@ -110,160 +75,114 @@ def _decode(data: bytes, path: Path) -> str:
 
 @dataclass(frozen=True)
 class CommittedState:
-    """What ``baselines/`` held when a cycle started; the sha256 guards the later write."""
+    """What ``baselines/`` held when a cycle started; the digests guard the later write.
+
+    ``sha256`` maps each committed file name to its digest (None: absent); ``notes`` holds
+    one line per repair made before reading (an interrupted write completed or undone)."""
 
     baselines: dict[str, PhaseBaseline] = field(default_factory=dict)
     routes: dict[str, Route] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
-    baseline_sha256: str | None = None
+    sha256: Mapping[str, str | None] = field(default_factory=dict)
+    log_records: int = 0
+    notes: tuple[str, ...] = ()
+
+    @property
+    def baseline_sha256(self) -> str | None:
+        return self.sha256.get(BASELINE_FILE)
 
 
-def read_state(folder: Path) -> CommittedState:
-    """Read and validate the committed files; a missing folder or file reads as empty."""
+def repair(folder: Path, lock: CycleLock | None = None) -> str | None:
+    """Finish or undo an interrupted write, under ``lock`` (held) or a brief lock of our own,
+    and break the lock of a process that is gone. Returns one line saying what was done.
+
+    A live writer in the middle of its commit is waited for (briefly), never interrupted."""
     folder = Path(folder)
-    base_bytes = _read_bytes(folder / BASELINE_FILE)
-    route_bytes = _read_bytes(folder / ROUTING_FILE)
-    hist_bytes = _read_bytes(folder / HISTORY_FILE)
-    baselines: dict[str, PhaseBaseline] = {}
-    routes: dict[str, Route] = {}
-    history: list[dict[str, Any]] = []
-    if base_bytes is not None:
-        path = folder / BASELINE_FILE
-        baselines = parse_baseline(_decode(base_bytes, path), display(path))
-    if route_bytes is not None:
-        path = folder / ROUTING_FILE
-        routes = parse_routing(_decode(route_bytes, path), display(path))
-    if hist_bytes is not None:
-        path = folder / HISTORY_FILE
-        history = parse_history(_decode(hist_bytes, path), display(path))
-    return CommittedState(baselines, routes, history, sha256_of(base_bytes))
-
-
-# --------------------------------------------------------------------------- writing
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (POSIX); harmless to skip where unsupported."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, fsync, os.replace: readers see old or new, never half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
+    if lock is not None and lock.held:
+        return recover(folder)
+    if not pending(folder) and not stale_lock(folder):
+        return None
+    deadline = time.monotonic() + RECOVERY_WAIT_S
+    while True:
+        own = CycleLock(folder)
         try:
-            mode = path.stat().st_mode & 0o777
-        except FileNotFoundError:
-            mode = 0o644  # mkstemp's 0600 would hide a committed file from other users
-        if hasattr(os, "fchmod"):
-            os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+            note = own.acquire()
+        except LockedError:
+            if not pending(folder):
+                return None  # the writer finished meanwhile
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+            continue
         try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
+            done = recover(folder)
+        finally:
+            own.release()
+        return "; ".join(n for n in (note, done) if n) or None
 
 
-def _append(path: Path, data: bytes) -> None:
-    """Append-only: O_APPEND plus fsync; a torn last line from a crash is closed first."""
-    existing = _read_bytes(path)
-    if existing and not existing.endswith(b"\n"):
-        data = b"\n" + data
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if existing is None:
-        _fsync_dir(path.parent)
+def _consistent(
+    folder: Path,
+    baselines: Mapping[str, PhaseBaseline],
+    routes: Mapping[str, Route],
+    history: Sequence[Mapping[str, Any]],
+    present: Mapping[str, bool],
+) -> None:
+    """Every phase history.json records has a baseline and a route: a cycle never removes
+    one, so a missing file or phase means a file was cut short or replaced."""
+    recorded: dict[str, int] = {}
+    for entry in history:
+        for phase in entry.get("phases", {}):
+            recorded[phase] = int(entry["cycle"])
+    for name, have in ((BASELINE_FILE, baselines), (ROUTING_FILE, routes)):
+        path = display(folder / name)
+        if recorded and not present[name]:
+            raise FilesError(
+                f"{path}: missing, though {HISTORY_FILE} records {len(history)} cycle(s); "
+                f"restore it with `git checkout -- {path}`, or start over from the suite's "
+                "initial spec by deleting baseline.yaml, routing.yaml, history.json and "
+                "decisions.log together"
+            )
+        for phase, cycle in sorted(recorded.items()):
+            if phase not in have:
+                raise FilesError(
+                    f"{path}: phases.{phase}: missing, though {HISTORY_FILE} records it in "
+                    f"cycle {cycle} (was the file cut short or edited?); restore it with "
+                    f"`git checkout -- {path}`"
+                )
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    except OSError:
-        return False
-    return True
+def read_state(folder: Path, *, lock: CycleLock | None = None) -> CommittedState:
+    """Repair an interrupted write, then read and validate the four committed files.
 
+    A missing folder reads as empty (a fresh clone); an empty, truncated or inconsistent file
+    is a :class:`FilesError` naming it. ``lock``: the cycle's own lock, when it holds one."""
+    folder = Path(folder)
+    note = repair(folder, lock)
+    data = {name: read_file(folder / name) for name in COMMITTED_FILES}
+    text = {name: None if raw is None else decode(raw, folder / name) for name, raw in data.items()}
 
-def _locked_message(folder: Path, pid: int | str) -> str:
-    where = display(folder).rstrip("/") + "/"
-    return (
-        f"{where} is locked by PID {pid} (another selfopt run?); wait for it or delete "
-        f"{display(folder / LOCK_FILE)} if that process is gone"
+    def parsed(name: str, parse: Any) -> Any:
+        value = text[name]
+        return None if value is None else parse(value, display(folder / name))
+
+    baselines: dict[str, PhaseBaseline] = parsed(BASELINE_FILE, parse_baseline) or {}
+    routes: dict[str, Route] = parsed(ROUTING_FILE, parse_routing) or {}
+    history: list[dict[str, Any]] = parsed(HISTORY_FILE, parse_history) or []
+    log: list[dict[str, Any]] = parsed(LOG_FILE, parse_log) or []
+    present = {name: raw is not None for name, raw in data.items()}
+    _consistent(folder, baselines, routes, history, present)
+    return CommittedState(
+        baselines,
+        routes,
+        history,
+        {name: sha256_of(raw) for name, raw in data.items()},
+        len(log),
+        (note,) if note else (),
     )
 
 
-@contextmanager
-def lock(folder: Path) -> Iterator[Path]:
-    """Hold ``folder/.selfopt.lock`` (created with O_EXCL, holding our PID) for a write."""
-    path = folder / LOCK_FILE
-    for attempt in range(5):
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            data = _read_bytes(path)
-            if data is None:
-                continue  # released meanwhile: try again
-            raw = data.decode("utf-8", "replace").strip()
-            if not re.fullmatch(r"\d+", raw):
-                if raw == "" and attempt < 4:
-                    time.sleep(0.05)  # its owner is between O_EXCL and writing the PID
-                    continue
-                raise LockedError(
-                    _locked_message(folder, "unknown (the lock file holds no PID)")
-                ) from None
-            pid = int(raw)
-            if _pid_alive(pid):
-                raise LockedError(_locked_message(folder, pid)) from None
-            warnings.warn(
-                f"{display(path)}: broke a stale lock of PID {pid}, which is no longer running",
-                StaleLockWarning,
-                stacklevel=3,
-            )
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-            continue
-        try:
-            os.write(fd, f"{os.getpid()}\n".encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        break
-    else:
-        raise LockedError(_locked_message(folder, "unknown (the lock kept reappearing)"))
-    try:
-        yield path
-    finally:
-        if (_read_bytes(path) or b"").strip() == str(os.getpid()).encode():
-            os.unlink(path)
+# --------------------------------------------------------------------------- writing
 
 
 def write_cycle(
@@ -273,56 +192,77 @@ def write_cycle(
     routes: Mapping[str, Route],
     history_entry: Mapping[str, Any],
     audit: Sequence[AuditRecord],
-    expected_baseline_sha256: str | None,
+    expected: CommittedState | None = None,
+    expected_baseline_sha256: str | None = None,
     git_commit: str | None = None,
+    lock: CycleLock | None = None,
+    on_step: Step | None = None,
 ) -> list[Path]:
-    """Record one cycle; returns the paths that actually changed.
+    """Record one cycle as one transaction; returns the paths that actually changed.
 
-    Everything is rendered and checked before the first byte is written, so a refusal or a
-    malformed existing history leaves the folder as it was.
-    """
+    ``expected``: the state the cycle read at its start; every committed file must still be
+    as it was (compare-before-write), else nothing is written. Without it only baseline.yaml
+    is compared, against ``expected_baseline_sha256`` (the older calling convention).
+    ``lock``: the cycle's lock when it holds one for the whole session; else one is taken
+    for the write. Everything is rendered and validated before the first byte is written."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    base_path, route_path = folder / BASELINE_FILE, folder / ROUTING_FILE
-    hist_path, log_path = folder / HISTORY_FILE, folder / LOG_FILE
-    with lock(folder):
-        current = _read_bytes(base_path)
-        if sha256_of(current) != expected_baseline_sha256:
-            if expected_baseline_sha256 is None:
-                what = "was created"
-            elif current is None:
-                what = "was deleted"
-            else:
-                what = "was modified"
-            raise ConcurrentChangeError(
-                f"{display(base_path)}: {what} since this cycle read it at its start "
-                "(another selfopt run or a hand edit?); nothing was written; "
-                "run the cycle again on the current baseline"
-            )
-        hist_bytes = _read_bytes(hist_path)
-        entries = (
-            []
-            if hist_bytes is None
-            else parse_history(_decode(hist_bytes, hist_path), display(hist_path))
+    own = None if lock is not None and lock.held else CycleLock(folder)
+    if own is not None:
+        own.acquire()
+    try:
+        if expected is not None:
+            wanted = {name: expected.sha256.get(name) for name in COMMITTED_FILES}
+        else:
+            wanted = {BASELINE_FILE: expected_baseline_sha256}
+        check_unchanged(folder, wanted)  # first: a refusal must not depend on the content
+        current = {name: read_file(folder / name) for name in COMMITTED_FILES}
+        new = _render(folder, current, baselines, routes, history_entry, audit, git_commit)
+        cycle = history_entry.get("cycle")
+        return commit(
+            folder,
+            new,
+            wanted,
+            cycle=cycle if isinstance(cycle, int) else None,
+            on_step=on_step,
         )
-        new_base = dump_baseline(baselines).encode()
-        new_route = dump_routing(routes).encode()
-        new_hist = dump_history([*entries, history_entry]).encode()
-        new_log = dump_log_lines(audit, git_commit).encode()
+    finally:
+        if own is not None:
+            own.release()
 
-        changed: list[Path] = []
-        for path, data, old in (
-            (base_path, new_base, current),
-            (route_path, new_route, _read_bytes(route_path)),
-            (hist_path, new_hist, hist_bytes),
-        ):
-            if data != old:
-                atomic_write(path, data)
-                changed.append(path)
-        if new_log:
-            _append(log_path, new_log)
-            changed.append(log_path)
-        return changed
+
+def _render(
+    folder: Path,
+    current: Mapping[str, bytes | None],
+    baselines: Mapping[str, PhaseBaseline],
+    routes: Mapping[str, Route],
+    history_entry: Mapping[str, Any],
+    audit: Sequence[AuditRecord],
+    git_commit: str | None,
+) -> dict[str, bytes]:
+    """The four files' new bytes, from the current history and log (both validated)."""
+    hist_raw, log_raw = current[HISTORY_FILE], current[LOG_FILE]
+    hist_path, log_path = folder / HISTORY_FILE, folder / LOG_FILE
+    entries = (
+        [] if hist_raw is None else parse_history(decode(hist_raw, hist_path), display(hist_path))
+    )
+    cycle, last = history_entry.get("cycle"), int(entries[-1]["cycle"]) if entries else 0
+    if isinstance(cycle, int) and cycle <= last:
+        raise ConcurrentChangeError(
+            f"{display(hist_path)}: cycle {cycle} is already recorded (cycles {last} so far: "
+            "another selfopt cycle wrote meanwhile?); nothing was written; run the cycle again"
+        )
+    if log_raw is not None:
+        parse_log(decode(log_raw, log_path), display(log_path))
+    new = {
+        BASELINE_FILE: dump_baseline(baselines).encode(),
+        ROUTING_FILE: dump_routing(routes).encode(),
+        HISTORY_FILE: dump_history([*entries, history_entry]).encode(),
+    }
+    lines = dump_log_lines(audit, git_commit).encode()
+    if lines:
+        new[LOG_FILE] = (log_raw or b"") + lines
+    return new
 
 
 # --------------------------------------------------------------------------- applications
@@ -361,11 +301,11 @@ def load_routing(path: str | Path) -> RoutingTable:
     path = Path(path)
     if path.is_dir():
         path = path / ROUTING_FILE
-    data = _read_bytes(path)
+    data = read_file(path)
     if data is None:
         raise FilesError(f"{display(path)}: not found; run `pytest --selfopt` to create it")
     name = display(path)
-    return RoutingTable(parse_routing(_decode(data, path), name), name)
+    return RoutingTable(parse_routing(decode(data, path), name), name)
 
 
 def git_commit(folder: Path) -> str | None:

@@ -3,7 +3,7 @@
 Pure data -> string functions, no file system: ``files.py`` does the I/O around them. The
 YAML is written by hand so that the same data always gives the same bytes (fixed key order,
 fixed float precision, one line per scalar) and a one-knob change is a one-line diff. The
-reading side (validating parsers) is ``filesparse.py``; ``files.py`` re-exports both.
+reading side (validating parsers) is ``parse.py``.
 """
 
 from __future__ import annotations

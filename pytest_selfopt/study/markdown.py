@@ -1,110 +1,171 @@
-"""Rendering of the simulation study (``selfopt simulate``) as Markdown, and the default rule."""
+"""Rendering of the simulation study (``selfopt simulate``) as Markdown (plain-text readable).
+
+Every rate is printed with its 95 % Wilson interval; every table says its repetition counts.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
+from pytest_selfopt.study.engine import PHASES
+from pytest_selfopt.study.rates import Rate
 from pytest_selfopt.study.simulate import (
-    CAMPAIGN_MIX,
-    POLICY_NAMES,
-    CampaignRow,
-    Row,
+    DEFAULT_POLICY,
+    FALSE_PROMOTION_BOUND,
+    RACE_AFTER,
+    SCREEN_RUNS,
+    Cell,
     StudyConfig,
     paired_can_be_default,
+    worst_false,
 )
 
+_WHAT = {
+    "seed": "seed",
+    "paired": "paired",
+    "race": f"paired + racing after run {RACE_AFTER}",
+    "screen": f"paired + screen {SCREEN_RUNS} runs -> confirm (2 cycles)",
+}
 
-def _pct(x: float) -> str:
-    return f"{100.0 * x:.1f}%"
+
+def _cell(cells: Sequence[Cell], prompts: int, k: int, effect: float, mode: str) -> Cell | None:
+    return next(
+        (
+            c
+            for c in cells
+            if (c.prompts, c.candidates, c.effect, c.mode) == (prompts, k, effect, mode)
+        ),
+        None,
+    )
 
 
-def _saving(calls: float, full: float) -> str:
-    return f"{calls:,.0f} ({100.0 * (1.0 - calls / full):.0f}% fewer)" if full else "-"
+def _rows(cells: Sequence[Cell], keep: bool) -> list[tuple[int, int, float]]:
+    keys = [(c.prompts, c.candidates, c.effect) for c in cells if (c.effect <= 0) == keep]
+    return list(dict.fromkeys(keys))
+
+
+def _modes(cells: Sequence[Cell]) -> list[str]:
+    return list(dict.fromkeys(c.mode for c in cells))
+
+
+def _fewer(calls: float, full: float) -> str:
+    saved = 100.0 * (1.0 - calls / full) if full else 0.0
+    word = "fewer" if saved >= 0 else "more"
+    return f"{calls:,.0f} ({abs(saved):.0f}% {word})"
 
 
 def render(
-    config: StudyConfig,
-    rows: Sequence[Row],
-    campaign: Sequence[CampaignRow],
-    scenario: dict[str, float],
-    command: str,
+    config: StudyConfig, cells: Sequence[Cell], scenario: dict[str, Rate], command: str
 ) -> str:
-    """The results as Markdown (also readable as plain text)."""
+    """The results as Markdown."""
+    modes = _modes(cells)
+    phases = len(PHASES)
     out = [
-        (
-            f"Produced by `{command}` (seed {config.seed}, {config.runs} runs per spec, "
-            f"{config.reps} simulated cycles per row, {config.campaign_reps} campaigns per "
-            f"row, alpha {config.gates.alpha:g})."
-        ),
+        f"Produced by `{command}` (seed {config.seed}, {config.runs} runs per spec, "
+        f"{config.reps} repositories per row with effect <= 0 and {config.power_reps} per row "
+        f"with effect > 0, {phases} phases each; alpha {config.gates.alpha:g}). Every decision "
+        "below was made by the real loop (plans, policy, racing, screening and confirmation, "
+        "winner choice, history), on simulated samples that are fresh in every cycle. Rates: "
+        "95% Wilson interval in brackets.",
         "",
-        f"Seed scenario ({scenario['baseline']:.3f} -> {scenario['candidate']:.3f} on 6 "
-        f"prompts, same failures every run): promoted by "
-        + ", ".join(f"{n} {_pct(scenario[n])}" for n in POLICY_NAMES)
+        "Modes: " + "; ".join(f"`{m}` = {_WHAT[m]}" for m in modes) + ".",
+        "",
+        "Seed scenario (0.667 -> 0.833 on 6 prompts, the same failures every run), promoted: "
+        + ", ".join(f"{m} {r.text()} of {r.n}" for m, r in scenario.items())
         + ".",
         "",
-        "### One cycle: share of cycles that promote a candidate",
+        "### False promotion: true effect <= 0",
         "",
-        (
-            "All K candidates have the same true effect; for effect <= 0 every promotion is a "
-            "false promotion. MDE: the paired gate's minimum detectable effect (80% power), "
-            "points."
-        ),
+        f"Per phase: share of phase-cycles (screen: screening episodes of 2 cycles) whose "
+        f"winner is not truly better; n = repositories x {phases} phases. Per cycle: share of "
+        f"cycles (episodes) in which any of the {phases} phases promoted falsely.",
         "",
-        "| P | K | effect | MDE | seed | paired | race | screen | calls | race calls | screen calls |",
-        "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| P | K | effect | n | "
+        + " | ".join(f"{m} per phase" for m in modes)
+        + " | "
+        + " | ".join(f"{m} per cycle" for m in modes)
+        + " |",
+        "|--:|--:|--:|--:|" + "--:|" * (2 * len(modes)),
     ]
-    for r in rows:
-        full = r.calls["paired"]
+    for prompts, k, effect in _rows(cells, keep=True):
+        here = [_cell(cells, prompts, k, effect, m) for m in modes]
+        n = next(c.false_phase.n for c in here if c is not None)
         out.append(
-            f"| {r.prompts} | {r.candidates} | {r.effect:+g} | {100 * r.mde:.1f} | "
-            + " | ".join(_pct(r.rate[n]) for n in POLICY_NAMES)
-            + f" | {full:,.0f} | {_saving(r.calls['race'], full)} | "
-            + (_saving(r.calls["screen"], full) if r.candidates >= 3 else "-")
+            f"| {prompts} | {k} | {effect:+g} | {n} | "
+            + " | ".join("-" if c is None else c.false_phase.text() for c in here)
+            + " | "
+            + " | ".join("-" if c is None else c.false_cycle.text() for c in here)
             + " |"
         )
-    worst = {n: max((r.rate[n] for r in rows if r.effect <= 0), default=0.0) for n in POLICY_NAMES}
     out += [
         "",
-        "Worst false-promotion rate per cycle (effect <= 0, any P and K): "
-        + ", ".join(f"{n} {_pct(worst[n])}" for n in POLICY_NAMES)
-        + ".",
+        "### Power: true effect > 0",
+        "",
+        "Per phase: share of phase-cycles (screen: episodes) that promoted a truly better "
+        "candidate. MDE: the paired gate's minimum detectable effect at 80% power (points), "
+        "from the baseline's true rates.",
+        "",
+        "| P | K | effect | MDE | n | " + " | ".join(modes) + " |",
+        "|--:|--:|--:|--:|--:|" + "--:|" * len(modes),
     ]
-    if campaign:
-        mix = ", ".join(f"{e:+g} points w.p. {w:g}" for e, w in CAMPAIGN_MIX)
-        out += [
-            "",
-            f"### Campaign: {config.cycles} cycles, each candidate's true effect {mix}",
-            "",
-            (
-                "below: share of campaigns whose final baseline is truly worse than the start; "
-                "change: mean final change of true accuracy (points); calls: per cycle."
-            ),
-            "",
-            "| P | K | "
-            + " | ".join(f"{n} below" for n in POLICY_NAMES)
-            + " | "
-            + " | ".join(f"{n} change" for n in POLICY_NAMES)
-            + " | "
-            + " | ".join(f"{n} calls" for n in POLICY_NAMES)
-            + " |",
-            "|--:|--:|" + "--:|" * (3 * len(POLICY_NAMES)),
-        ]
-        for c in campaign:
-            out.append(
-                f"| {c.prompts} | {c.candidates} | "
-                + " | ".join(_pct(c.below[n]) for n in POLICY_NAMES) + " | "
-                + " | ".join(f"{c.change[n]:+.2f}" for n in POLICY_NAMES) + " | "
-                + " | ".join(f"{c.calls[n]:,.0f}" for n in POLICY_NAMES) + " |"
-            )  # fmt: skip
-    verdict = paired_can_be_default(rows, scenario)
+    for prompts, k, effect in _rows(cells, keep=False):
+        here = [_cell(cells, prompts, k, effect, m) for m in modes]
+        first = next(c for c in here if c is not None)
+        out.append(
+            f"| {prompts} | {k} | {effect:+g} | {first.mde:.1f} | {first.better_phase.n} | "
+            + " | ".join("-" if c is None else c.better_phase.text() for c in here)
+            + " |"
+        )
     out += [
         "",
-        (
-            f"**paired can be the default: {'yes' if verdict else 'no'}** (false promotion "
-            f"<= 5% per cycle for every P and K: worst {_pct(worst['paired'])}; seed scenario "
-            f"promoted: {_pct(scenario['paired'])})."
-        ),
+        "### Model calls per phase and cycle",
+        "",
+        "paired: every candidate on every run. race: items skipped by racing, at each true "
+        "effect. screen: the screening cycle plus the confirmation cycle (the baseline "
+        "re-measured and the leader on all runs), against one paired cycle.",
+        "",
+    ]
+    effects = list(dict.fromkeys(c.effect for c in cells))
+    header = ["P", "K", "paired"]
+    header += [f"race at {e:+g}" for e in effects if "race" in modes]
+    header += ["screen + confirm"] if "screen" in modes else []
+    out += ["| " + " | ".join(header) + " |", "|" + "--:|" * len(header)]
+    for prompts, k in dict.fromkeys((c.prompts, c.candidates) for c in cells):
+        full_cell = _cell(cells, prompts, k, effects[0], "paired")
+        if full_cell is None:
+            continue
+        full = full_cell.calls
+        row = [str(prompts), str(k), f"{full:,.0f}"]
+        for e in effects if "race" in modes else []:
+            raced = _cell(cells, prompts, k, e, "race")
+            row.append("-" if raced is None else _fewer(raced.calls, full))
+        if "screen" in modes:
+            screened = _cell(cells, prompts, k, effects[0], "screen")
+            row.append("-" if screened is None else _fewer(screened.calls, full))
+        out.append("| " + " | ".join(row) + " |")
+    out += ["", "### Summary", ""]
+    for m in modes:
+        worst = worst_false(cells, m)
+        if worst is None:
+            continue
+        per_cycle = max((c for c in cells if c.mode == m), key=lambda c: c.false_cycle.value)
+        out.append(
+            f"- `{m}`: worst false promotion per phase {worst.false_phase.text()} "
+            f"(P={worst.prompts}, K={worst.candidates}, effect {worst.effect:+g}, "
+            f"n={worst.false_phase.n}); per cycle over {phases} phases "
+            f"{per_cycle.false_cycle.text()} (P={per_cycle.prompts}, K={per_cycle.candidates}, "
+            f"n={per_cycle.false_cycle.n})."
+        )
+    verdict = paired_can_be_default(cells, scenario)
+    worst = worst_false(cells, DEFAULT_POLICY)
+    figure = "-" if worst is None else worst.false_phase.text()
+    out += [
+        "",
+        f"**{DEFAULT_POLICY} can be the default: {'yes' if verdict else 'no'}** (false "
+        f"promotion <= {100 * FALSE_PROMOTION_BOUND:.0f}% per phase and cycle at every P and K: "
+        f"worst {figure}; seed scenario promoted {scenario[DEFAULT_POLICY].text()}). "
+        "tests/test_study.py checks the same bound at fewer repetitions on every test run.",
     ]
     return "\n".join(out) + "\n"
 
@@ -112,13 +173,13 @@ def render(
 BEGIN, END = "<!-- study:begin -->", "<!-- study:end -->"
 
 
-def write_markdown(path: Path, table: str) -> None:
-    """Replace the text between the study markers of ``path`` (or append it)."""
-    block = f"{BEGIN}\n{table}{END}"
+def write_markdown(path: Path, table: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace the text between the markers of ``path`` (or append it)."""
+    block = f"{begin}\n{table}{end}"
     text = path.read_text(encoding="utf-8") if path.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
     else:
         text = (text + "\n" if text else "") + block + "\n"
     path.write_text(text, encoding="utf-8")

@@ -1,24 +1,26 @@
-"""``selfopt simulate``: how often each gate policy promotes, and at what cost in model calls.
+"""``selfopt simulate``: how often the real loop promotes, and at what cost in model calls.
 
 Known truth makes the gates checkable: every prompt's true pass rate comes from the
-simulator (``SimBehaviour.true_pass_rate``), a candidate's true effect is chosen, and pass
-matrices are drawn directly as Bernoulli(rate) with a seeded numpy Generator (no runner, no
-network: thousands of cycles per second). Both policies see the *same* draws.
+simulator (``SimBehaviour.true_pass_rate``), a candidate's true effect is chosen, and the loop
+that decides is the real one (:mod:`pytest_selfopt.study.engine`: real plans, policies,
+racing, screening and confirmation, winner choice, history), fed simulated samples that are
+fresh every cycle.
 
 The suite: ``P`` prompts of evenly spread difficulty answered by a model of skill 0.7 whose
-outcome flips with probability 0.1 (``flaky``): prompts it gets right pass 90% of runs, the
-others 10%. A candidate with true effect ``d`` points moves whole prompts (the weakest up to
-90%, or the strongest down to 10%), the last one partly, so that its mean true pass rate is
-exactly the baseline's + ``d``.
+outcome flips with probability 0.1 (prompts it gets right pass 90 % of runs, the others
+10 %); two phases per cycle, independent copies of it. The ``K`` candidates of a phase each
+change ``timeout_s``; all have the same true effect ``d`` points (whole prompts move, the
+weakest up to 90 % or the strongest down to 10 %, the last partly, so the true mean moves by
+exactly ``d``). Recommendations the real diagnosis makes on the way (e.g. warm-up after a
+chance cold-start pattern) are candidates too, of no effect.
 
-Policies compared: ``seed`` (median/variance gates), ``paired`` (loop/paired.py), ``race``
-(paired, and after ``race_after`` runs a candidate that ``can_still_win`` rules out skips
-its remaining items) and ``screen`` (with 3+ candidates: screen all on ``screen_runs`` runs,
-confirm only the leader on fresh runs, uncorrected since selection and confirmation never
-share data).
+Modes: ``seed`` and ``paired`` (the policies), ``race`` (paired, racing after run 3, as
+``--selfopt-race-after 3``), ``screen`` (paired with ``gates.screen_runs: 3``, 3+ candidates:
+an episode is the screening cycle and the confirmation cycle, whose calls are counted).
 
-The per-cycle decision rules here are vectorised copies of the policies' gates (restraint
-and transport errors aside); tests/test_study.py checks them against the real policies.
+A promotion is *false* when the winner's true accuracy is not above the baseline it replaced.
+Rates are per phase (per cycle, or per screening episode) and per cycle over both phases,
+each with its 95 % Wilson interval and its repetition count.
 """
 
 from __future__ import annotations
@@ -27,322 +29,225 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 
-from pytest_selfopt.loop.decide import TOLERANCE
-from pytest_selfopt.loop.stats import (
-    holm,
-    mde_from_rates,
-    min_effect,
-    optimistic_effect,
-    stratified_pvalue,
+from pytest_selfopt.loop.stats import mde_from_rates
+from pytest_selfopt.loop.types import GateSettings, LoopSettings, SearchSpace
+from pytest_selfopt.study.engine import (
+    KNOB,
+    MODEL,
+    PHASES,
+    SEED_MODEL,
+    Repository,
+    World,
+    better,
+    prompt_rates,
+    settings_for,
 )
-from pytest_selfopt.loop.types import GateSettings
-from pytest_selfopt.models.sim import SimBehaviour
+from pytest_selfopt.study.rates import Rate
 
-BoolArray = npt.NDArray[np.bool_]
-FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.int64]
-
-MODEL = SimBehaviour(name="study", skill={"*": 0.7}, flaky=0.1)
-#: The seed's scenario: 6 prompts, 4 -> 5 right, the same failures every run (no flakiness).
-SEED_MODEL = SimBehaviour(name="seed", skill={"*": 0.6}, variant_bonus={"atomic": 0.2})
-POLICY_NAMES: tuple[str, ...] = ("seed", "paired", "race", "screen")
-#: Campaign: each candidate's true effect (points) and its probability: mostly slightly harmful.
-CAMPAIGN_MIX: tuple[tuple[float, float], ...] = ((-2.0, 0.8), (0.0, 0.1), (5.0, 0.1))
+MODES: tuple[str, ...] = ("seed", "paired", "race", "screen")
+#: The policy a new suite gets, whose false promotion the test suite bounds.
+DEFAULT_POLICY = "paired"
+RACE_AFTER = 3
+SCREEN_RUNS = 3
+#: The bound the default policy must keep, per phase and cycle, at every P and K.
+FALSE_PROMOTION_BOUND = 0.05
 
 
-def prompt_rates(model: SimBehaviour, prompts: int, variant: str = "base") -> FloatArray:
-    """True pass rates of ``prompts`` prompts of difficulty (i + 0.5) / P."""
-    return np.array(
-        [model.true_pass_rate("study", variant, (i + 0.5) / prompts) for i in range(prompts)]
-    )
-
-
-def shift_rates(p: FloatArray, delta: float, low: float = 0.1, high: float = 0.9) -> FloatArray:
-    """Rates whose mean is exactly ``mean(p) + delta`` (when reachable): whole prompts move,
-    the weakest up to ``high`` (then 1) or the strongest down to ``low`` (then 0)."""
-    q = p.astype(np.float64).copy()
-    need = abs(delta) * len(p)
-    up = delta > 0
-    order = np.argsort(q, kind="stable") if up else np.argsort(-q, kind="stable")
-    for limit in (high, 1.0) if up else (low, 0.0):
-        room = np.maximum(limit - q[order], 0.0) if up else np.maximum(q[order] - limit, 0.0)
-        before = np.concatenate(([0.0], np.cumsum(room)[:-1]))
-        give = np.clip(need - before, 0.0, room)
-        q[order] += give if up else -give
-        need -= float(give.sum())
-        if need <= 1e-12:
-            break
-    return q
-
-
-def seed_decide(base: BoolArray, cand: BoolArray, gates: GateSettings) -> tuple[BoolArray, ...]:
-    """Seed gates: ``(promoted, median, variance)`` per (rep, candidate). ``base`` is
-    (reps, R, P), ``cand`` (reps, K, R, P)."""
-    b_med = np.median(base.mean(axis=-1), axis=-1)
-    acc = cand.mean(axis=-1)
-    med, var = np.median(acc, axis=-1), acc.var(axis=-1)
-    ok = (acc.shape[-1] >= gates.min_samples) & (var <= gates.max_variance)
-    return ok & (med - b_med[:, None] > TOLERANCE), med, var
-
-
-def pvalues(x: IntArray, y: IntArray, runs_b: int, runs_c: int, gates: GateSettings) -> FloatArray:
-    """Raw one-sided p per (rep, candidate), by ``stratified_pvalue`` itself (x: reps x P,
-    y: reps x K x P)."""
-    reps, k, prompts = y.shape
-    n = np.full(prompts, runs_b, dtype=np.int64)
-    m = np.full(prompts, runs_c, dtype=np.int64)
-    out = np.empty((reps, k))
-    for r in range(reps):
-        for j in range(k):
-            out[r, j] = stratified_pvalue(x[r], n, y[r, j], m, gates.exact_below)[0]
-    return out
-
-
-def holm_rows(p: FloatArray) -> FloatArray:
-    return np.array([holm(row.tolist()) for row in p]) if p.size else p
-
-
-def paired_decide(
-    x: IntArray, y: IntArray, p: FloatArray, runs_b: int, runs_c: int, gates: GateSettings
-) -> tuple[BoolArray, FloatArray]:
-    """Paired improvement gate: ``(promoted, estimate)`` per (rep, candidate)."""
-    est = (y / runs_c - x[:, None, :] / runs_b).mean(axis=-1)
-    bar = min_effect(gates, x.shape[-1])
-    promoted = (holm_rows(p) <= gates.alpha) & (est >= bar - TOLERANCE)
-    return promoted, est
-
-
-def race_out(base: BoolArray, cand: BoolArray, after: int, gates: GateSettings) -> BoolArray:
-    """Candidates ``can_still_win`` gives up after ``after`` runs, per (rep, candidate)."""
-    if after >= base.shape[1]:
-        return np.zeros(cand.shape[:2], dtype=np.bool_)
-    x = base[:, :after].sum(axis=1)[:, None, :]
-    y = cand[:, :, :after].sum(axis=2)
-    n = np.full_like(y, after)
-    bound = optimistic_effect(np.broadcast_to(x, y.shape), n, y, n)
-    return np.asarray(bound < min_effect(gates, base.shape[-1]) - TOLERANCE)
-
-
-def draw(rng: np.random.Generator, rates: FloatArray, runs: int) -> BoolArray:
-    """Pass matrices (..., runs, P) for rates (..., P)."""
-    shape = rates.shape[:-1] + (runs, rates.shape[-1])
-    return np.asarray(rng.random(shape) < rates[..., None, :])
-
-
-@dataclass
-class CycleResult:
-    promoted: dict[str, BoolArray]  # per policy: (reps,) the cycle promoted something
-    winner: dict[str, IntArray]  # per policy: (reps,) candidate index, -1: none
-    calls: dict[str, FloatArray]  # per policy: (reps,) model calls used
-
-
-def one_cycle(
-    rng: np.random.Generator,
-    p: FloatArray,
-    q: FloatArray,
-    runs: int,
-    gates: GateSettings,
-    race_after: int = 3,
-    screen_runs: int = 3,
-) -> CycleResult:
-    """One cycle for every policy on the same draws. ``p``: (reps, P) baseline rates,
-    ``q``: (reps, K, P) candidate rates."""
-    reps, k, prompts = q.shape
-    base, cand = draw(rng, p, runs), draw(rng, q, runs)
-    x, y = base.sum(axis=1), cand.sum(axis=2)
-    full = float((k + 1) * prompts * runs)
-    promoted: dict[str, BoolArray] = {}
-    score: dict[str, FloatArray] = {}
-    calls: dict[str, FloatArray] = {}
-    seed_ok, med, var = seed_decide(base, cand, gates)
-    promoted["seed"], score["seed"] = seed_ok, med - 1e-6 * var
-    pv = pvalues(x, y, runs, runs, gates)
-    promoted["paired"], _ = paired_decide(x, y, pv, runs, runs, gates)
-    score["paired"] = score["race"] = med - 1e-6 * var  # pick_winner: median, then variance
-    dropped = race_out(base, cand, race_after, gates)
-    promoted["race"], _ = paired_decide(x, y, np.where(dropped, 1.0, pv), runs, runs, gates)
-    promoted["race"] &= ~dropped
-    calls["seed"] = calls["paired"] = np.full(reps, full)
-    calls["race"] = full - dropped.sum(axis=1) * float((runs - race_after) * prompts)
-    if k >= 3:  # screen on the first runs, confirm the leader alone on fresh runs
-        leader = np.argmax(cand[:, :, :screen_runs].sum(axis=(2, 3)), axis=1)
-        fresh = draw(rng, q[np.arange(reps), leader][:, None, :], runs)
-        yc = fresh.sum(axis=2)
-        ok, _ = paired_decide(x, yc, pvalues(x, yc, runs, runs, gates), runs, runs, gates)
-        screened = np.zeros((reps, k), dtype=np.bool_)
-        screened[np.arange(reps), leader] = ok[:, 0]
-        promoted["screen"], score["screen"] = screened, screened.astype(np.float64)
-        calls["screen"] = np.full(reps, float(prompts * (2 * runs + k * screen_runs)))
-    else:
-        promoted["screen"], score["screen"], calls["screen"] = (
-            promoted["paired"],
-            score["paired"],
-            calls["paired"],
-        )
-    winner = {}
-    for name, ok in promoted.items():
-        masked = np.where(ok, score[name], -np.inf)
-        winner[name] = np.where(ok.any(axis=1), np.argmax(masked, axis=1), -1)
-    any_promoted = {n: np.asarray(v.any(axis=1), dtype=np.bool_) for n, v in promoted.items()}
-    return CycleResult(any_promoted, winner, calls)
-
-
-@dataclass
+@dataclass(frozen=True)
 class StudyConfig:
     prompts: tuple[int, ...] = (6, 20, 100)
     candidates: tuple[int, ...] = (1, 3, 10)
-    effects: tuple[float, ...] = (-5.0, 0.0, 5.0, 10.0, 16.0)  # points
+    effects: tuple[float, ...] = (-5.0, 0.0, 5.0, 10.0)  # points
     runs: int = 7
-    reps: int = 2000
-    campaign_reps: int = 200
-    cycles: int = 10
+    reps: int = 300  # repositories per row with effect <= 0 (two phases each)
+    power_reps: int = 100  # repositories per row with effect > 0
+    race_prompts: tuple[int, ...] = (6, 20)  # racing is slower: these prompt counts only
+    modes: tuple[str, ...] = MODES
     seed: int = 0
     gates: GateSettings = field(default_factory=GateSettings)
 
 
-@dataclass
-class Row:
+@dataclass(frozen=True)
+class Cell:
+    """One row of the one-cycle table for one mode."""
+
     prompts: int
     candidates: int
-    effect: float
-    rate: dict[str, float]
-    calls: dict[str, float]
-    mde: float
+    effect: float  # points
+    mode: str
+    reps: int
+    false_phase: Rate  # false promotions, per phase and cycle (screen: per episode)
+    false_cycle: Rate  # cycles (episodes) in which some phase promoted falsely
+    better_phase: Rate  # promotions of a truly better candidate, per phase
+    calls: float  # model calls per phase and cycle (screen: screening + confirmation cycle)
+    mde: float  # the paired gate's minimum detectable effect, points
 
 
-@dataclass
-class CampaignRow:
-    prompts: int
-    candidates: int
-    below: dict[str, float]  # share of campaigns ending below the start
-    change: dict[str, float]  # mean final change, points
-    calls: dict[str, float]  # mean calls per cycle
+def mode_settings(
+    mode: str, candidates: int, runs: int, gates: GateSettings, search: SearchSpace | None = None
+) -> tuple[LoopSettings, int]:
+    """``(settings, race_after)`` of a study mode."""
+    policy = "seed" if mode == "seed" else "paired"
+    if mode == "screen":
+        gates = replace(gates, screen_runs=SCREEN_RUNS)
+    race_after = RACE_AFTER if mode == "race" else 0
+    return settings_for(candidates, runs, policy, gates, search), race_after
 
 
-def _rng(config: StudyConfig, *parts: int) -> np.random.Generator:
-    return np.random.default_rng([config.seed, *parts])
+def applies(mode: str, prompts: int, candidates: int, config: StudyConfig) -> bool:
+    if mode == "screen":
+        return candidates >= 3  # screening needs 3+ search candidates (loop/screen.py)
+    if mode == "race":
+        return prompts in config.race_prompts
+    return True
 
 
-def cycle_table(config: StudyConfig) -> list[Row]:
-    rows = []
+def measure(
+    config: StudyConfig, prompts: int, candidates: int, effect: float, mode: str, reps: int
+) -> Cell:
+    """Run ``reps`` fresh repositories of one row through the real loop."""
+    base = prompt_rates(MODEL, prompts)
+    world = World(base, {(KNOB, 61 + j): effect / 100.0 for j in range(candidates)})
+    settings, race_after = mode_settings(mode, candidates, config.runs, config.gates)
+    cycles = 2 if mode == "screen" else 1
+    false_phase = false_cycle = better_phase = 0
+    calls = 0
+    for rep in range(reps):
+        repo = Repository(world, settings, race_after)
+        # the same draws for every mode of a row (common random numbers): racing sees
+        # exactly the samples the plain paired cycle sees, so the two can be compared
+        rng = np.random.default_rng(
+            [config.seed, prompts, candidates, round(effect * 10) + 1000, rep]
+        )
+        wrong = {phase: False for phase in PHASES}
+        right = {phase: False for phase in PHASES}
+        for _ in range(cycles):
+            run = repo.cycle(rng)
+            calls += run.calls
+            for phase in PHASES:
+                gain = repo.true_gain(run.outcome, phase)
+                if gain is None:
+                    continue
+                if better(gain):
+                    right[phase] = True
+                else:
+                    wrong[phase] = True
+        false_phase += sum(wrong.values())
+        false_cycle += any(wrong.values())
+        better_phase += sum(right.values())
+    n = reps * len(PHASES)
+    mde = mde_from_rates(base.tolist(), config.runs, candidates, config.gates)
+    return Cell(
+        prompts, candidates, effect, mode, reps,
+        Rate(false_phase, n), Rate(false_cycle, reps), Rate(better_phase, n),
+        calls / n, 100.0 * mde,
+    )  # fmt: skip
+
+
+def cycle_table(config: StudyConfig, progress: bool = False) -> list[Cell]:
+    cells = []
+    started = time.perf_counter()
     for prompts in config.prompts:
-        p0 = prompt_rates(MODEL, prompts)
         for k in config.candidates:
-            mde = mde_from_rates(p0.tolist(), config.runs, k, config.gates)
             for effect in config.effects:
-                q0 = shift_rates(p0, effect / 100.0)
-                p = np.broadcast_to(p0, (config.reps, prompts))
-                q = np.broadcast_to(q0, (config.reps, k, prompts))
-                rng = _rng(config, 1, prompts, k, round(effect * 10) + 1000)
-                res = one_cycle(rng, p, q, config.runs, config.gates)
-                rows.append(
-                    Row(
-                        prompts, k, effect,
-                        {n: float(res.promoted[n].mean()) for n in POLICY_NAMES},
-                        {n: float(res.calls[n].mean()) for n in POLICY_NAMES},
-                        mde,
-                    )
-                )  # fmt: skip
-    return rows
+                reps = config.reps if effect <= 0 else config.power_reps
+                for mode in config.modes:
+                    if applies(mode, prompts, k, config):
+                        cells.append(measure(config, prompts, k, effect, mode, reps))
+            if progress:
+                took = time.perf_counter() - started
+                print(f"  P={prompts} K={k} done ({took:.0f} s)", file=sys.stderr, flush=True)
+    return cells
 
 
-def campaign_table(config: StudyConfig) -> list[CampaignRow]:
-    """10 cycles; each candidate's effect drawn from ``CAMPAIGN_MIX``; a promoted winner's
-    true rates become the baseline's."""
-    effects = np.array([e for e, _ in CAMPAIGN_MIX]) / 100.0
-    weights = np.array([w for _, w in CAMPAIGN_MIX])
-    rows = []
-    for prompts in config.prompts:
-        p0 = prompt_rates(MODEL, prompts)
-        for k in config.candidates:
-            below, change, calls = {}, {}, {}
-            for i, name in enumerate(POLICY_NAMES):
-                rng = _rng(config, 2, prompts, k, i)
-                p = np.tile(p0, (config.campaign_reps, 1))
-                used = 0.0
-                for _ in range(config.cycles):
-                    d = rng.choice(effects, size=(config.campaign_reps, k), p=weights)
-                    q = np.array([[shift_rates(p[r], d[r, j]) for j in range(k)]
-                                  for r in range(config.campaign_reps)])  # fmt: skip
-                    res = one_cycle(rng, p, q, config.runs, config.gates)
-                    w = res.winner[name]
-                    won = w >= 0
-                    p[won] = q[np.flatnonzero(won), w[won]]
-                    used += float(res.calls[name].mean())
-                delta = p.mean(axis=1) - p0.mean()
-                below[name] = float((delta < -1e-9).mean())
-                change[name] = float(delta.mean() * 100.0)
-                calls[name] = used / config.cycles
-            rows.append(CampaignRow(prompts, k, below, change, calls))
-    return rows
+def seed_scenario(config: StudyConfig, reps: int = 50) -> dict[str, Rate]:
+    """Per policy, how often the seed's own scenario (0.667 -> 0.833 on 6 prompts, the same
+    failures every run) is promoted, through the real loop."""
+    atomic = prompt_rates(SEED_MODEL, 6, "atomic")
+    world = World(prompt_rates(SEED_MODEL, 6), {("variant", "atomic"): atomic})
+    search = SearchSpace((("variant", ("atomic",)),))
+    out = {}
+    for mode in ("seed", "paired"):
+        settings, _ = mode_settings(mode, 1, config.runs, config.gates, search)
+        hits = 0
+        for rep in range(reps):
+            repo = Repository(world, settings)
+            run = repo.cycle(np.random.default_rng([config.seed, 3, rep]))
+            hits += sum(better(repo.true_gain(run.outcome, phase)) for phase in PHASES)
+        out[mode] = Rate(hits, reps * len(PHASES))
+    return out
 
 
-def seed_scenario(config: StudyConfig, reps: int = 200) -> dict[str, float]:
-    """Promotion rate of the seed's own scenario (0.667 -> 0.833 on 6 prompts)."""
-    p = np.broadcast_to(prompt_rates(SEED_MODEL, 6), (reps, 6))
-    q = np.broadcast_to(prompt_rates(SEED_MODEL, 6, "atomic"), (reps, 1, 6))
-    res = one_cycle(_rng(config, 3), p, q, config.runs, config.gates)
-    return {"baseline": float(p[0].mean()), "candidate": float(q[0, 0].mean())} | {
-        n: float(res.promoted[n].mean()) for n in POLICY_NAMES
-    }
+def worst_false(cells: Sequence[Cell], mode: str) -> Cell | None:
+    """The row with the highest per-phase false-promotion rate of ``mode``."""
+    mine = [c for c in cells if c.mode == mode]
+    return max(mine, key=lambda c: c.false_phase.value, default=None)
+
+
+def paired_can_be_default(cells: Sequence[Cell], scenario: dict[str, Rate]) -> bool:
+    """False promotion <= 5 % per phase and cycle at every P and K, seed scenario promoted."""
+    worst = worst_false(cells, DEFAULT_POLICY)
+    false_ok = worst is None or worst.false_phase.value <= FALSE_PROMOTION_BOUND
+    return false_ok and scenario[DEFAULT_POLICY].value >= 1.0
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="selfopt simulate",
-        description="Simulation study of the gate policies (docs/statistics.md).",
+        description="Simulation study of the real loop's decisions (docs/statistics.md).",
     )
     ap.add_argument("--quick", action="store_true", help="few repetitions (smoke test)")
-    ap.add_argument("--reps", type=int, help="simulated cycles per row (default 2000)")
-    ap.add_argument("--campaign-reps", type=int, help="campaigns per row (default 200)")
+    ap.add_argument("--reps", type=int, help="repositories per row with effect <= 0 (300)")
+    ap.add_argument("--power-reps", type=int, help="repositories per row with effect > 0 (100)")
     ap.add_argument("--runs", type=int, default=7, help="runs per spec (default 7)")
+    ap.add_argument("--prompts", type=int, nargs="+", help="prompt counts (default 6 20 100)")
+    ap.add_argument("--candidates", type=int, nargs="+", help="candidate counts (default 1 3 10)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-campaign", action="store_true", help="skip the 10-cycle campaigns")
-    ap.add_argument("--markdown", type=Path, help="write the table into this file (markers)")
+    ap.add_argument("--markdown", type=Path, help="write the tables into this file (markers)")
     return ap.parse_args(list(argv) if argv is not None else None)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the study, print the table, optionally write it into a Markdown file."""
+    """Run the study, print the tables, optionally write them into a Markdown file."""
     from pytest_selfopt.study.markdown import render, write_markdown
 
     args = parse(argv)
-    reps = args.reps if args.reps is not None else (60 if args.quick else 2000)
-    campaign_reps = (
-        args.campaign_reps if args.campaign_reps is not None else (20 if args.quick else 200)
-    )
-    if reps < 1 or campaign_reps < 1 or args.runs < 1:
-        print("selfopt simulate: --reps, --campaign-reps and --runs must be >= 1", file=sys.stderr)
+    reps = args.reps if args.reps is not None else (20 if args.quick else 300)
+    power_reps = args.power_reps if args.power_reps is not None else (10 if args.quick else 100)
+    if reps < 1 or power_reps < 1 or args.runs < 1:
+        print("selfopt simulate: --reps, --power-reps and --runs must be >= 1", file=sys.stderr)
         return 2
-    config = StudyConfig(runs=args.runs, reps=reps, campaign_reps=campaign_reps, seed=args.seed)
+    config = StudyConfig(runs=args.runs, reps=reps, power_reps=power_reps, seed=args.seed)
+    if args.quick:
+        config = replace(config, prompts=(6, 20), effects=(0.0, 10.0))
+    if args.prompts:
+        config = replace(config, prompts=tuple(args.prompts))
+    if args.candidates:
+        config = replace(config, candidates=tuple(args.candidates))
+    if min((*config.prompts, *config.candidates)) < 1:
+        print("selfopt simulate: --prompts and --candidates must be >= 1", file=sys.stderr)
+        return 2
     words = ["selfopt simulate"] + (["--quick"] if args.quick else [])
     words += [f"--reps {args.reps}"] if args.reps is not None else []
-    words += [f"--campaign-reps {args.campaign_reps}"] if args.campaign_reps is not None else []
+    words += [f"--power-reps {args.power_reps}"] if args.power_reps is not None else []
     words += [f"--runs {args.runs}"] if args.runs != 7 else []
+    words += ["--prompts " + " ".join(map(str, args.prompts))] if args.prompts else []
+    words += ["--candidates " + " ".join(map(str, args.candidates))] if args.candidates else []
     words += [f"--seed {args.seed}"] if args.seed else []
-    words += ["--no-campaign"] if args.no_campaign else []
     started = time.perf_counter()
-    rows = cycle_table(config)
-    campaign = [] if args.no_campaign else campaign_table(config)
-    scenario = seed_scenario(config)
-    table = render(config, rows, campaign, scenario, " ".join(words))
+    cells = cycle_table(config, progress=not args.quick)
+    scenario = seed_scenario(config, reps=10 if args.quick else 50)
+    table = render(config, cells, scenario, " ".join(words))
     print(table, end="")
     print(f"({time.perf_counter() - started:.0f} s)", file=sys.stderr)
     if args.markdown is not None:
         write_markdown(args.markdown, table)
     return 0
-
-
-def paired_can_be_default(rows: Sequence[Row], scenario: dict[str, float]) -> bool:
-    """The issue's rule: false promotion <= 5% per cycle for every K, seed scenario promoted."""
-    false_ok = all(r.rate["paired"] <= 0.05 for r in rows if r.effect <= 0)
-    return false_ok and scenario["paired"] >= 1.0
 
 
 if __name__ == "__main__":  # pragma: no cover

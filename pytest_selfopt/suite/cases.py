@@ -46,6 +46,7 @@ from typing import Any
 from pytest_selfopt.models.base import Reference
 from pytest_selfopt.suite.checks import (
     Expect,
+    RegexTimeout,
     abstains,
     first_number,
     format_number,
@@ -368,6 +369,7 @@ def _with_answers(r: Reader, case: Case, m: Mapping[str, Any], key: str) -> Case
                 "a reply that matches the regex (regex cases need an explicit answer)",
             )
         answer = derived
+    _within_budget(r, case, answer, key, "answer")
     result = case.evaluate(answer)
     where = f"{key}.answer" if "answer" in m else f"{key}.restraint"
     if not result.passed:
@@ -377,6 +379,7 @@ def _with_answers(r: Reader, case: Case, m: Mapping[str, Any], key: str) -> Case
             f"expected constraints the answer {show(answer)} can keep; it breaks {', '.join(result.broken)}"))  # fmt: skip
     if "wrong_answer" in m:
         wrong = _text(r, m["wrong_answer"], f"{key}.wrong_answer", "a reply that fails the check")
+        _within_budget(r, case, wrong, key, "wrong answer")
         if case.evaluate(wrong).passed:
             r.fail(
                 f"{key}.wrong_answer",
@@ -384,13 +387,27 @@ def _with_answers(r: Reader, case: Case, m: Mapping[str, Any], key: str) -> Case
                 wrong,
             )
     else:
-        candidates = [w for w in _derived_wrong(case.expect) if not case.evaluate(w).passed]
+        derived_wrong = _derived_wrong(case.expect)
+        for w in derived_wrong:
+            _within_budget(r, case, w, key, "derived wrong answer")
+        candidates = [w for w in derived_wrong if not case.evaluate(w).passed]
         if not candidates:
             r.missing(
                 f"{key}.wrong_answer", "a reply that fails the check (none could be derived for it)"
             )
         wrong = candidates[0]
     return replace(case, answer=answer, wrong_answer=wrong)
+
+
+def _within_budget(r: Reader, case: Case, reply: str, key: str, what: str) -> None:
+    """A regex that cannot judge this case's own replies in time is refused at load."""
+    if case.expect.kind != "regex":
+        return
+    try:
+        case.expect.matches(reply)
+    except RegexTimeout as exc:
+        r.fail(f"{key}.expect.regex", "a regex that checks a reply in time",
+               message=f"on the {what} {show(reply)}: {exc}")  # fmt: skip
 
 
 def _short(reply: str) -> str:

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import math
 import re
+import signal
+import threading
+import time
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 ABSTENTIONS: tuple[str, ...] = (
@@ -25,6 +29,51 @@ _NUMBER = re.compile(
     r"((?:[0-9]{1,3}(?:,[0-9]{3})+(?![0-9])|[0-9]+)(?:\.[0-9]+)?|\.[0-9]+)"
     r"([eE][-+]?[0-9]+)?"
 )
+
+
+#: Seconds one regex check may take. Python's ``re`` has no timeout, and a pattern with nested
+#: repetition (``^(a+)+$``) takes exponential time on some replies: without a budget one
+#: hostile cases file or model reply would hang the session (docs/reliability.md).
+REGEX_BUDGET_S = 1.0
+
+
+class RegexTimeout(Exception):
+    """A regex check took longer than REGEX_BUDGET_S (catastrophic backtracking)."""
+
+
+def _expire(signum: int, frame: FrameType | None) -> None:
+    raise RegexTimeout(
+        f"the regex took more than {REGEX_BUDGET_S:g} s on this reply (nested repetition "
+        "like (a+)+ backtracks exponentially); simplify the pattern"
+    )
+
+
+def regex_search(pattern: str, text: str, flags: int = 0) -> bool:
+    """``re.search`` under REGEX_BUDGET_S (``re`` checks for signals while it matches).
+
+    Needs the main thread (elsewhere it runs unbounded, as plain ``re.search`` would). A
+    timer already running (pytest-timeout, the caller's alarm) is honoured: when it is due
+    first nothing changes, else it is suspended and re-armed with the time it had left."""
+    if not hasattr(signal, "setitimer") or threading.current_thread() is not (
+        threading.main_thread()
+    ):
+        return re.search(pattern, text, flags) is not None
+    outer_left, outer_interval = signal.getitimer(signal.ITIMER_REAL)
+    if outer_left and outer_left <= REGEX_BUDGET_S:
+        return re.search(pattern, text, flags) is not None
+    started = time.monotonic()
+    previous = signal.signal(signal.SIGALRM, _expire)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, REGEX_BUDGET_S)
+        try:
+            return re.search(pattern, text, flags) is not None
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+        if outer_left:
+            left = max(outer_left - (time.monotonic() - started), 1e-3)
+            signal.setitimer(signal.ITIMER_REAL, left, outer_interval)
 
 
 @dataclass(frozen=True)
@@ -55,7 +104,7 @@ class Expect:
             return got is not None and abs(got - self.value) <= slack
         if self.kind == "regex":
             flags = 0 if self.case_sensitive else re.IGNORECASE
-            return re.search(self.value, reply.strip(), flags) is not None
+            return regex_search(self.value, reply.strip(), flags)
         if self.kind == "contains":
             return norm(self.value, self.case_sensitive) in norm(reply, self.case_sensitive)
         options = self.value if self.kind == "one_of" else (self.value,)

@@ -6,7 +6,8 @@ and what was expected, so a bad config fails in one readable line before anythin
 Reference (every key, with its default)::
 
     seed: 0                 # int; seeds simulators and any randomized choice
-    runs: 7                 # int >= 1; repetitions of every spec (--selfopt-runs overrides)
+    runs: 7                 # int 1..1000; repetitions of every spec (--selfopt-runs overrides)
+    concurrency: 1          # int 1..1000; model calls in flight per process (--selfopt-concurrency overrides)
     policy: paired          # gate policy: paired (default) or seed; plugins may add more
     models:                 # required; alias -> model. Aliases appear in labels and ids.
       lfm:
@@ -16,12 +17,15 @@ Reference (every key, with its default)::
         api_key_env: LFM_KEY                   # NAME of the environment variable holding the key
         price: {input_per_mtok: 0.1, output_per_mtok: 0.4}   # optional, for cost reports
         simulated: false                       # optional bool
+        max_concurrency: 8                     # optional int >= 1; this model's calls in flight per process
+        rpm: 500                               # optional; requests per minute (per process)
+        tpm: 200000                            # optional; input+output tokens per minute (per process)
     fallback_chain: [lfm]   # model aliases; a capability limit routes to the next one. []
     variants:               # required; name -> template with "{prompt}" exactly once
       native_api: "{prompt}"
       atomic: {template: "Answer with the final answer only.\\n\\n{prompt}", system: "Be terse."}
-    knobs:                  # optional; your own knobs and their defaults (not core knob names)
-      temperature: 0.0
+    knobs:                  # optional; your own knobs and their defaults (not core knob names);
+      temperature: 0.0      # each must be usable by some model (sim: its knob_effects)
     initial:                # required; the first baseline of every phase
       model: lfm            # a models alias
       variant: native_api   # a variants name
@@ -85,10 +89,23 @@ from pytest_selfopt.suite.yamlread import (
     show,
 )
 
+#: Upper bounds that keep a typo (``runs: 100000``) from collecting millions of test items.
+MAX_RUNS = 1000
+MAX_SEARCH_VALUES = 1000
+#: Values in the whole config file (the example has about 80).
+MAX_CONFIG_VALUES = 20_000
+#: Test items one session may collect (runs x cases x specs, all phases): see check_item_count.
+MAX_ITEMS = 100_000
+RUNS_WHY = " (runs per spec; more than 1,000 would collect millions of test items)"
+
 DEFAULT_PATHS: tuple[str, ...] = ("benchmarks/selfopt.yaml", "selfopt.yaml")
 BUILTIN_PROVIDERS: tuple[str, ...] = ("sim", "openai", "anthropic")
-TOP_KEYS: tuple[str, ...] = ("seed", "runs", "policy", "models", "fallback_chain", "variants",
-                             "knobs", "initial", "search", "max_candidates", "gates")  # fmt: skip
+TOP_KEYS: tuple[str, ...] = ("seed", "runs", "concurrency", "policy", "models", "fallback_chain",
+                             "variants", "knobs", "initial", "search", "max_candidates",
+                             "gates")  # fmt: skip
+#: Per-model limits read by the runner, never passed to the provider.
+LIMIT_KEYS = ("max_concurrency", "rpm", "tpm")
+MAX_CONCURRENCY = 1000
 GATE_KEYS = ("min_samples", "max_variance", "min_restraint", "route_share", "cooldown_cycles",
              "alpha", "min_effect", "min_effect_prompts", "interval_level", "exact_below",
              "max_flip_rate", "effect_of_interest", "power", "warmup_min_cases",
@@ -109,6 +126,10 @@ class ModelConfig:
     name: str
     provider: str
     options: Mapping[str, Any] = field(hash=False)
+    #: this model's calls in flight per process; requests and tokens per minute (per process)
+    max_concurrency: int | None = None
+    rpm: float | None = None
+    tpm: float | None = None
 
     @property
     def price(self) -> tuple[float, float] | None:
@@ -148,6 +169,8 @@ class SuiteConfig:
     search: SearchSpace
     max_candidates: int
     gates: GateSettings
+    #: model calls in flight per process; not part of the plan (never changes a decision)
+    concurrency: int = 1
 
     def loop_settings(self) -> LoopSettings:
         return LoopSettings(
@@ -155,6 +178,19 @@ class SuiteConfig:
             gates=self.gates, fallback_chain=self.fallback_chain, runs=self.runs,
             seed=self.seed, policy=self.policy,
         )  # fmt: skip
+
+
+def check_item_count(config_path: Path, items: int, runs: int) -> None:
+    """Refuse a session that would collect more than MAX_ITEMS test items, before it does.
+
+    Called by the plugin with the running total (runs x cases x specs, every phase) as it
+    parametrizes, so ``runs: 100000`` or a huge cases file fails in one line instead of
+    eating gigabytes while collecting (docs/reliability.md)."""
+    if items > MAX_ITEMS:
+        raise ConfigError(config_path, "runs", f"at most {MAX_ITEMS:,} test items", message=(
+            f"this session would collect more than {MAX_ITEMS:,} test items ({items:,} so far, "
+            f"at {runs} runs per spec); lower runs (or --selfopt-runs), max_candidates or the "
+            "number of cases, or split the suite"))  # fmt: skip
 
 
 def find_config(rootdir: Path, configured: str | None) -> Path | None:
@@ -169,7 +205,10 @@ def load_config(path: str | Path) -> SuiteConfig:
     path = Path(path)
     r = Reader(path)
     doc = load_yaml(
-        path, ConfigError, "file not found; create it or set selfopt_config in your pytest ini"
+        path,
+        ConfigError,
+        "file not found; create it or set selfopt_config in your pytest ini",
+        max_values=MAX_CONFIG_VALUES,
     )
     if doc is None:
         r.fail(
@@ -185,8 +224,10 @@ def load_config(path: str | Path) -> SuiteConfig:
                        ("initial", "the first spec: " + ", ".join(CORE_KNOBS))):  # fmt: skip
         if name not in top:
             r.missing(name, want)
-    models, variants = _models(r, top["models"]), _variants(r, top["variants"])
-    knobs = _Knobs(r, list(models), list(variants), _declared(r, _section(top, "knobs")))
+    (models, providers), variants = _models(r, top["models"]), _variants(r, top["variants"])
+    declared = _declared(r, _section(top, "knobs"))
+    _usable_knobs(r, declared, providers)
+    knobs = _Knobs(r, list(models), list(variants), declared)
     chain = r.items(top.get("fallback_chain", []), "fallback_chain", "a list of model aliases")
     for i, alias in enumerate(chain):
         r.choice(alias, f"fallback_chain[{i}]", list(models), "a model alias")
@@ -194,13 +235,15 @@ def load_config(path: str | Path) -> SuiteConfig:
             r.fail(f"fallback_chain[{i}]", "each model once", message=f"{alias!r} is listed twice")
     return SuiteConfig(
         path=path, root=path.parent, seed=r.integer(top.get("seed", 0), "seed"),
-        runs=r.integer(top.get("runs", 7), "runs", lo=1),
+        runs=r.integer(top.get("runs", 7), "runs", lo=1, hi=MAX_RUNS, why=RUNS_WHY),
         policy=r.string(top.get("policy", "paired"), "policy", what="a policy name"),
         models=models, fallback_chain=tuple(chain), variants=variants,
         initial=knobs.initial(top["initial"]), declared_knobs=knobs.declared,
         search=knobs.search(_section(top, "search")),
         max_candidates=r.integer(top.get("max_candidates", 4), "max_candidates", lo=0),
         gates=_gates(r, _section(top, "gates")),
+        concurrency=r.integer(top.get("concurrency", 1), "concurrency", lo=1, hi=MAX_CONCURRENCY,
+                              why=" (at most 1,000 calls in flight per process)"),
     )  # fmt: skip
 
 
@@ -209,13 +252,38 @@ def _section(top: Mapping[str, Any], key: str) -> Any:
     return {} if top.get(key) is None else top[key]
 
 
-def _models(r: Reader, raw: Any) -> dict[str, ModelConfig]:
+def _usable_knobs(r: Reader, declared: Mapping[str, Scalar], providers: list[Any]) -> None:
+    """A declared knob no model can use would be searched for nothing: refuse it."""
+    for knob in declared:
+        if providers and not any(models_base.provider_uses_knob(p, knob) for p in providers):
+            r.fail(f"knobs.{knob}", "a knob some model can use", message=(
+                f"no model can use knob {knob!r}: sim models react only to knobs in their "
+                "knob_effects; openai/anthropic send every knob except messages, stream, "
+                "system, model"))  # fmt: skip
+
+
+def _limits(r: Reader, options: dict[str, Any], key: str) -> dict[str, Any]:
+    """Pop and check the runner's per-model limits (they are not provider options)."""
+    out: dict[str, Any] = {}
+    if "max_concurrency" in options:
+        out["max_concurrency"] = r.integer(
+            options.pop("max_concurrency"), f"{key}.max_concurrency", lo=1
+        )
+    for part in ("rpm", "tpm"):  # requests / input+output tokens per minute
+        if part in options:
+            out[part] = r.number(options.pop(part), f"{key}.{part}", lo=0, lo_open=True)
+    return out
+
+
+def _models(r: Reader, raw: Any) -> tuple[dict[str, ModelConfig], list[Any]]:
+    """The models, and the provider objects built to check them (None where unbuildable)."""
     entries = r.mapping(raw, "models")
     if not entries:
         r.fail("models", "at least one model", raw)
     registered = models_base.provider_names()
     known = sorted(set(registered) | set(BUILTIN_PROVIDERS))
     out: dict[str, ModelConfig] = {}
+    providers: list[Any] = []
     for alias, entry in entries.items():
         key = f"models.{alias}"
         r.string(alias, key, NAME, "a model alias of letters, digits and ._:/@+-")
@@ -224,6 +292,7 @@ def _models(r: Reader, raw: Any) -> dict[str, ModelConfig]:
             r.missing(f"{key}.provider", f"one of: {', '.join(known)}")
         kind = r.choice(e["provider"], f"{key}.provider", known, "a provider")
         options: dict[str, Any] = {k: plain(v) for k, v in e.items() if k != "provider"}
+        limits = _limits(r, options, key)
         if "api_key_env" in options and not ENV_NAME.fullmatch(str(options["api_key_env"])):
             r.fail(f"{key}.api_key_env", "an environment variable NAME", message=(
                 "expected the NAME of an environment variable holding the key, like OPENAI_API_KEY "
@@ -241,9 +310,9 @@ def _models(r: Reader, raw: Any) -> dict[str, ModelConfig]:
             from pytest_selfopt.models.sim import SIM_KEYS
 
             r.mapping(e, key, sorted(SIM_KEYS | {"provider", "model", "api_key_env", "price",
-                                                 "simulated", "description"}))  # fmt: skip
+                                                 "simulated", "description", *LIMIT_KEYS}))  # fmt: skip
         try:
-            models_base.create_provider(kind, alias, options)
+            providers.append(models_base.create_provider(kind, alias, options))
         except (
             LookupError
         ) as exc:  # a builtin whose module is not there: only its own refusal counts
@@ -251,8 +320,8 @@ def _models(r: Reader, raw: Any) -> dict[str, ModelConfig]:
                 _provider_error(r, key, exc)
         except (ValueError, TypeError) as exc:
             _provider_error(r, key, exc)
-        out[alias] = ModelConfig(name=alias, provider=kind, options=options)
-    return out
+        out[alias] = ModelConfig(name=alias, provider=kind, options=options, **limits)
+    return out, providers
 
 
 def _provider_error(r: Reader, key: str, exc: Exception) -> NoReturn:
@@ -367,12 +436,19 @@ class _Knobs:
             key = f"search.{knob}"
             if not isinstance(values, list) or not values:
                 self.r.fail(key, "a non-empty list of values to try", values)
+            if len(values) > MAX_SEARCH_VALUES:
+                self.r.fail(key, f"at most {MAX_SEARCH_VALUES} values", message=(
+                    f"{len(values):,} values to try, above the limit of {MAX_SEARCH_VALUES}; "
+                    "each cycle tries only max_candidates of them"))  # fmt: skip
             seen: list[Scalar] = []
+            known: set[Scalar] = set()  # == like the list it replaces: 1, 1.0 and True meet
             for i, value in enumerate(values):
-                if (v := self.value(knob, value, f"{key}[{i}]")) in seen:
+                v = self.value(knob, value, f"{key}[{i}]")
+                if v in known:
                     self.r.fail(
                         f"{key}[{i}]", "each value once", message=f"{show(value)} is listed twice"
                     )
+                known.add(v)
                 seen.append(v)
             knobs.append((knob, tuple(seen)))
         return SearchSpace(knobs=tuple(knobs))

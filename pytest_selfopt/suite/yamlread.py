@@ -16,6 +16,15 @@ from typing import Any, NoReturn
 
 import yaml
 
+from pytest_selfopt.suite.bounded import (
+    MAX_VALUES,
+    MAX_YAML_BYTES,
+    LimitError,
+    SafeLoaderBase,
+    check_yaml,
+    read_limited,
+)
+
 _MISSING: Any = object()
 
 
@@ -79,7 +88,7 @@ class LineDict(dict[Any, Any]):
     line: int = 0
 
 
-class _Loader(yaml.SafeLoader):
+class _Loader(SafeLoaderBase):  # type: ignore[misc,valid-type]
     """Safe loader with YAML 1.2 scalars, so answers like ``no`` or ``1:30`` stay text."""
 
 
@@ -116,27 +125,55 @@ def _construct_map(loader: _Loader, node: yaml.MappingNode) -> Iterator[LineDict
 _Loader.add_constructor(_T + "map", _construct_map)
 
 
-def load_yaml(path: Path, error: type[ConfigError], not_found: str) -> Any:
-    """Parse one YAML file; every failure (missing, unreadable, bad syntax) is ``error``."""
+def load_yaml(
+    path: Path, error: type[ConfigError], not_found: str, max_values: int = MAX_VALUES
+) -> Any:
+    """Parse one YAML file; every failure (missing, unreadable, too big or deep, bad syntax) is
+    ``error``. Limits are checked before anything is built (``bounded.py``)."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise error(path, "", "an existing file", message=not_found) from None
-    except UnicodeDecodeError:
-        raise error(path, "", "UTF-8 text", message="not UTF-8 text; save it as UTF-8") from None
-    except OSError as exc:
-        raise error(
-            path, "", "a readable YAML file", message=f"cannot read it: {exc.strerror}"
-        ) from None
+        data = read_limited(path, MAX_YAML_BYTES)
+    except LimitError as exc:
+        raise error(path, "", "a readable YAML file", message=str(exc)) from None
+    if data is None:
+        raise error(path, "", "an existing file", message=not_found)
     try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(path, "", "UTF-8 text", message=_not_utf8(data, exc)) from None
+    try:
+        check_yaml(text, max_values=max_values)
         return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
+    except LimitError as exc:
+        raise error(path, "", "a YAML file within limits", message=str(exc)) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = exc.problem or exc.context or "syntax error"
         raise error(path, "", "valid YAML", message=f"not valid YAML{where}: {problem}") from None
-    except yaml.YAMLError as exc:
-        raise error(path, "", "valid YAML", message=f"not valid YAML: {exc}") from None
+    except yaml.YAMLError as exc:  # e.g. a ReaderError: a control character
+        at = getattr(exc, "position", None)
+        where = "" if at is None else f" (character {at + 1})"
+        raise error(
+            path, "", "valid YAML", message=f"not valid YAML{where}: {_first_line(exc)}"
+        ) from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        # a scalar no constructor can build, e.g. an integer of more than 4300 digits
+        raise error(path, "", "valid YAML", message=f"not valid YAML: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def _not_utf8(data: bytes, exc: UnicodeDecodeError) -> str:
+    """Why bytes are not UTF-8, with the likely encoding when its BOM says so."""
+    boms = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"),
+            (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16"))  # fmt: skip
+    hint = next((f" (it looks like {name})" for bom, name in boms if data.startswith(bom)), "")
+    if not hint and data[:64].count(0) >= len(data[:64]) // 4:
+        hint = " (it looks like UTF-16 or UTF-32)"
+    return f"not UTF-8 text{hint}: {exc.reason} at byte {exc.start}; save it as UTF-8"
 
 
 class Reader:
@@ -170,9 +207,20 @@ class Reader:
                           message=f"unknown key; expected one of: {known}{did_you_mean(k, allowed)}{hint}")  # fmt: skip
         return value
 
-    def integer(self, value: Any, key: str, lo: int | None = None) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or (lo is not None and value < lo):
-            self.fail(key, "a whole number" + ("" if lo is None else f" >= {lo}"), value)
+    def integer(self, value: Any, key: str, lo: int | None = None, hi: int | None = None,
+                why: str = "") -> int:  # fmt: skip
+        """A whole number (never a boolean) within the bounds; ``why`` explains ``hi``."""
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or (lo is not None and value < lo)
+            or (hi is not None and value > hi)
+        ):
+            if lo is not None and hi is not None:
+                want = f"a whole number from {lo} to {hi:,}"
+            else:
+                want = "a whole number" + ("" if lo is None else f" >= {lo}")
+            self.fail(key, want + why, value)
         return value
 
     def number(self, value: Any, key: str, lo: float | None = None, hi: float | None = None,

@@ -10,14 +10,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from pytest_selfopt.loop.diagnose import outage
 from pytest_selfopt.loop.types import (
     HOLD,
     REJECT,
     Candidate,
+    Cause,
     Decision,
     GateResult,
     GateSettings,
     SpecStats,
+    Verdict,
 )
 
 #: Medians closer than this are equal: an improvement must be real, not float noise.
@@ -40,13 +43,19 @@ class GatePolicy(Protocol):
     ) -> tuple[Decision, ...]: ...
 
 
-def undecidable(stats: SpecStats, who: str) -> str | None:
+def undecidable(stats: SpecStats, who: str) -> tuple[Cause, str] | None:
+    """``(cause, reason)`` when nothing can be decided from ``stats``: no sample, or an
+    outage (``diagnose.outage``: most samples failed in transport with one kind, the service
+    did not answer). Otherwise None: an errored sample is then a failed sample, as the
+    application would get it; a baseline that times out everywhere can be beaten."""
     if stats.samples == 0:
-        return f"{COULD_NOT_DECIDE}: no samples ({who})"
-    if stats.errored == stats.samples:
-        return (
-            f"{COULD_NOT_DECIDE}: every sample errored ({who}: {stats.errored} of "
-            f"{stats.samples} samples ended in a transport error)"
+        return Cause.NO_SAMPLES, f"{COULD_NOT_DECIDE}: no samples ({who})"
+    down = outage(stats)
+    if down is not None:
+        kind, count = down
+        return Cause.OUTAGE, (
+            f"{COULD_NOT_DECIDE}: outage ({who}: {count} of {stats.samples} samples failed "
+            f"with {kind})"
         )
     return None
 
@@ -94,4 +103,9 @@ def seed_gates(
     )
 
 
-ACTIONS = {"samples": HOLD, "stability": HOLD, "improvement": REJECT, "restraint": REJECT}
+ACTIONS: dict[str, Verdict] = {
+    "samples": HOLD,
+    "stability": HOLD,
+    "improvement": REJECT,
+    "restraint": REJECT,
+}

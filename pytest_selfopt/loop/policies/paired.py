@@ -2,7 +2,10 @@
 
 ``PairedPolicy`` (``paired``) keeps the four gates' names and order, but asks whether the
 candidate is better *on the same prompts*, corrected for the number of candidates
-(statistics in ``loop/paired.py``, numbers in docs/statistics.md):
+(statistics in ``loop/stats.py``, numbers in docs/statistics.md). As in ``seed``, an errored
+sample is a failed sample, and a candidate or baseline with no sample or in an outage is
+HOLD with a ``could not decide`` reason (``policies.base.undecidable``). The decision's
+estimate is the effect the improvement gate measured, so the winner is chosen by it:
 
 1. samples:     as the seed, and the two specs share at least one sampled case   else HOLD
 2. stability:   mean per-case run-to-run flip rate <= ``max_flip_rate`` (default 1.0: the
@@ -31,6 +34,7 @@ from pytest_selfopt.loop.types import (
     HOLD,
     PROMOTE,
     Candidate,
+    Cause,
     Decision,
     GateResult,
     GateSettings,
@@ -65,10 +69,14 @@ class PairedPolicy:
             gates = self._gates(stats, test, adj, len(candidates), settings)
             problem = undecidable(stats, "candidate") or baseline_problem
             if problem is None and test[0] == 0:
-                problem = f"{COULD_NOT_DECIDE}: no case sampled by both baseline and candidate"
+                problem = (
+                    Cause.NO_COMMON_CASE,
+                    f"{COULD_NOT_DECIDE}: no case sampled by both baseline and candidate",
+                )
             failed = next((g for g in gates if not g.passed), None)
+            cause = None
             if problem is not None:
-                verdict, reason = HOLD, problem
+                verdict, (cause, reason) = HOLD, problem
             elif failed is None:
                 verdict = PROMOTE
                 restraint = "n/a" if stats.restraint is None else f"{stats.restraint:.2f}"
@@ -83,7 +91,16 @@ class PairedPolicy:
                 }[failed.name]
                 reason = f"{verdict}: {why}: {failed.detail}"
             decisions.append(
-                Decision(phase, spec_id, labels.get(spec_id, spec_id), verdict, reason, gates)
+                Decision(
+                    phase,
+                    spec_id,
+                    labels.get(spec_id, spec_id),
+                    verdict,
+                    reason,
+                    gates,
+                    cause=cause,
+                    estimate=test[3][0],
+                )
             )
         return tuple(decisions)
 

@@ -9,9 +9,10 @@ recorded with their numbers; the verdict is the action of the first failing gate
    makes an equal median look better)                   else REJECT ("no improvement")
 4. restraint:   restraint >= ``min_restraint`` (no constraints: passes)   else REJECT
 
-Nothing can be decided from transport failures alone: when every sample of a candidate (or of
-the baseline it is compared to) errored in transport, or there is no sample, the verdict is
-HOLD with a reason starting ``could not decide``.
+A transport-errored sample is a failed sample (what the application would get). Nothing is
+decided when a candidate or its baseline has no sample or is in an outage
+(``policies.base.undecidable``): the verdict is HOLD, its cause says which, and its reason
+starts ``could not decide``. The decision's estimate is the median difference.
 """
 
 from __future__ import annotations
@@ -71,13 +72,23 @@ class SeedPolicy:
             spec_id = candidate.spec.id
             gates = seed_gates(baseline, stats, settings)
             problem = undecidable(stats, "candidate") or baseline_problem
+            cause = None
             if problem is not None:
-                verdict, reason = HOLD, problem
+                verdict, (cause, reason) = HOLD, problem
             else:
                 failed = next((g for g in gates if not g.passed), None)
                 verdict = PROMOTE if failed is None else ACTIONS[failed.name]
                 reason = _reason(gates, stats, baseline)
             decisions.append(
-                Decision(phase, spec_id, labels.get(spec_id, spec_id), verdict, reason, gates)
+                Decision(
+                    phase,
+                    spec_id,
+                    labels.get(spec_id, spec_id),
+                    verdict,
+                    reason,
+                    gates,
+                    cause=cause,
+                    estimate=stats.median - baseline.median,
+                )
             )
         return tuple(decisions)

@@ -1,0 +1,840 @@
+"""Throughput of one cycle against a loopback OpenAI-compatible server with a fixed latency.
+
+    python scripts/throughput.py --prompts 300 --concurrency 10            # pytest-selfopt
+    python scripts/throughput.py --prompts 300 --concurrency 50 --mode xdist
+    python3 -m venv /tmp/inspect-venv && /tmp/inspect-venv/bin/pip install inspect-ai openai
+    python scripts/throughput.py --prompts 300 --concurrency 50 --inspect \
+        --inspect-python /tmp/inspect-venv/bin/python                      # Inspect AI, same server
+
+Starts a server on 127.0.0.1 (its own process, its own request counter) that answers every
+``POST /v1/chat/completions`` after ``--latency-ms`` (50). Prompt i is "Reply with the word
+wNNNN." and the answer is "wNNNN", so every sample passes. In a temporary folder it lays out
+a pytest-selfopt suite of N such prompts (one ``provider: openai`` model pointing at the
+server, baseline only: no ``search``, ``max_candidates: 0``) and runs one ``pytest --selfopt``
+cycle of N prompts x 7 runs as a subprocess, with C calls in flight:
+
+  --mode xdist      ``-n C`` (one worker process per call in flight)
+  --mode inprocess  ``--selfopt-concurrency C`` (default when ``pytest --help`` lists it)
+
+With ``--inspect``, the same prompts x 7 epochs run through Inspect AI (``inspect eval
+--model openai/fixed --max-connections C -M responses_api=false --display none``,
+``OPENAI_BASE_URL`` set to the server) from the venv of ``--inspect-python``; Inspect AI is
+not a dependency of this project.
+
+For each run it prints the calls the server served, the wall time, calls/s, the latency-bound
+limit (C / latency), the fraction of it reached, the peak memory of the whole process tree
+(RSS summed over the root process and its descendants, sampled from /proc every 50 ms) and
+the unconsumed calls (server calls - samples recorded, read from ``--selfopt-json`` or the
+Inspect log). Unless ``--prompts 1`` or ``--no-startup``, a 1-prompt x 7 run at the same
+concurrency comes first: its wall time is the start-up time. Linux only (/proc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import multiprocessing.connection
+import multiprocessing.synchronize
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+Mode = Literal["xdist", "inprocess"]
+RUNS = 7
+MODEL = "fixed"
+ANSWER = re.compile(r"Reply with the word (\w+)")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+MAX_HEADER_LINES = 100
+MAX_BODY_BYTES = 1 << 20
+IDLE_CONNECTION_S = 120.0
+
+
+def prompt(i: int) -> str:
+    return f"Reply with the word w{i:04d}."
+
+
+# --------------------------------------------------------------------------------------------
+# The server: asyncio in a process of its own, so that neither the memory sampler nor the
+# measured tree shares its interpreter. Counters live in shared memory.
+
+
+class IntCell(Protocol):
+    value: int
+
+
+class FloatCell(Protocol):
+    value: float
+
+
+@dataclass
+class ServerCounters:
+    """Shared-memory cells, written by the server process only (no lock needed)."""
+
+    calls: IntCell
+    other: IntCell
+    in_flight_peak: IntCell
+    first_at: FloatCell
+    last_at: FloatCell
+
+
+def _answer(body: Any) -> str:
+    """The word the last user message asks for; any other prompt gets "OK"."""
+    messages = body.get("messages") if isinstance(body, dict) else None
+    text = ""
+    if isinstance(messages, list):
+        for message in messages:
+            if isinstance(message, dict) and message.get("role") == "user":
+                content = message.get("content")
+                if isinstance(content, list):  # content parts
+                    content = " ".join(
+                        str(p.get("text", "")) for p in content if isinstance(p, dict)
+                    )
+                text = str(content)
+    match = ANSWER.search(text)
+    return match.group(1) if match else "OK"
+
+
+def _completion(body: Any, n: int, answer: str) -> bytes:
+    model = body.get("model", MODEL) if isinstance(body, dict) else MODEL
+    usage = {"prompt_tokens": 8, "completion_tokens": 1, "total_tokens": 9}
+    if isinstance(body, dict) and body.get("stream"):
+        head = {
+            "id": f"chatcmpl-{n}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+        }
+        chunks = [
+            {
+                **head,
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {"role": "assistant", "content": answer},
+                        "finish_reason": None,
+                    }
+                ],
+            },
+            {
+                **head,
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                "usage": usage,
+            },
+        ]
+        return b"".join(f"data: {json.dumps(c)}\n\n".encode() for c in chunks) + b"data: [DONE]\n\n"
+    doc = {
+        "id": f"chatcmpl-{n}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": usage,
+    }
+    return json.dumps(doc).encode()
+
+
+async def _read_request(
+    reader: asyncio.StreamReader,
+) -> tuple[str, str, bool, bytes] | None:
+    """(method, path, keep_alive, body) of the next request, None at the end of the connection."""
+    line = await asyncio.wait_for(reader.readline(), IDLE_CONNECTION_S)
+    if not line:
+        return None
+    parts = line.decode("latin-1").split()
+    if len(parts) != 3:
+        return None
+    method, path, version = parts
+    headers: dict[str, str] = {}
+    for _ in range(MAX_HEADER_LINES):
+        raw = await reader.readline()
+        if raw in (b"\r\n", b"\n", b""):
+            break
+        name, _, value = raw.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    else:
+        return None
+    body = b""
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        chunks: list[bytes] = []
+        for _ in range(MAX_BODY_BYTES):
+            size = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                await reader.readline()
+                break
+            chunks.append(await reader.readexactly(size))
+            await reader.readline()
+        body = b"".join(chunks)
+    elif (length := int(headers.get("content-length", "0") or 0)) > 0:
+        body = await reader.readexactly(min(length, MAX_BODY_BYTES))
+    connection = headers.get("connection", "").lower()
+    keep_alive = connection != "close" and (version != "HTTP/1.0" or connection == "keep-alive")
+    return method, path, keep_alive, body
+
+
+async def _serve(
+    latency_s: float,
+    counters: ServerCounters,
+    ready: multiprocessing.connection.Connection,
+    stop: multiprocessing.synchronize.Event,
+    lifetime_s: float,
+    parent_pid: int,
+) -> None:
+    in_flight = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal in_flight
+        try:
+            while (request := await _read_request(reader)) is not None:
+                method, path, keep_alive, raw = request
+                if method == "POST" and path.rstrip("/").endswith("/chat/completions"):
+                    counters.calls.value += 1
+                    n = counters.calls.value
+                    now = time.time()
+                    if counters.first_at.value == 0.0:
+                        counters.first_at.value = now
+                    in_flight += 1
+                    counters.in_flight_peak.value = max(counters.in_flight_peak.value, in_flight)
+                    try:
+                        await asyncio.sleep(latency_s)
+                    finally:
+                        in_flight -= 1
+                    try:
+                        body = json.loads(raw or b"{}")
+                    except ValueError:
+                        body = {}
+                    payload = _completion(body, n, _answer(body))
+                    ctype = (
+                        "text/event-stream"
+                        if isinstance(body, dict) and body.get("stream")
+                        else "application/json"
+                    )
+                    status = "200 OK"
+                    counters.last_at.value = time.time()
+                else:
+                    counters.other.value += 1
+                    error = {"error": {"message": f"no route {method} {path}"}}
+                    payload = json.dumps(error).encode()
+                    ctype, status = "application/json", "404 Not Found"
+                head = (
+                    f"HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\n"
+                    f"content-length: {len(payload)}\r\n"
+                    f"connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n"
+                )
+                writer.write(head.encode() + payload)
+                await writer.drain()
+                if not keep_alive:
+                    break
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=2048)
+    ready.send(server.sockets[0].getsockname()[1])
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + lifetime_s
+    # Stops by itself: when told, when its lifetime ends, or when the script is gone.
+    while not stop.is_set() and loop.time() < deadline and os.getppid() == parent_pid:
+        await asyncio.sleep(0.1)
+    server.close()
+
+
+def _server_main(
+    latency_s: float,
+    counters: ServerCounters,
+    ready: multiprocessing.connection.Connection,
+    stop: multiprocessing.synchronize.Event,
+    lifetime_s: float,
+    parent_pid: int,
+) -> None:
+    asyncio.run(_serve(latency_s, counters, ready, stop, lifetime_s, parent_pid))
+
+
+class FixedLatencyServer:
+    """The loopback server, in its own process, with calls counted across runs."""
+
+    def __init__(self, latency_s: float, lifetime_s: float) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.latency_s = latency_s
+        self.counters = ServerCounters(
+            calls=ctx.RawValue("q", 0),
+            other=ctx.RawValue("q", 0),
+            in_flight_peak=ctx.RawValue("q", 0),
+            first_at=ctx.RawValue("d", 0.0),
+            last_at=ctx.RawValue("d", 0.0),
+        )
+        self._stop = ctx.Event()
+        parent_end, child_end = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(
+            target=_server_main,
+            args=(latency_s, self.counters, child_end, self._stop, lifetime_s, os.getpid()),
+            daemon=True,
+        )
+        self._proc.start()
+        if not parent_end.poll(30):
+            self._proc.kill()
+            raise SystemExit("the loopback server did not start within 30 s")
+        self.port: int = parent_end.recv()
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+
+    def reset(self) -> None:
+        """Zero the per-run figures (the server is idle between runs)."""
+        c = self.counters
+        c.calls.value = c.other.value = c.in_flight_peak.value = 0
+        c.first_at.value = c.last_at.value = 0.0
+
+    def close(self) -> None:
+        self._stop.set()
+        self._proc.join(5)
+        if self._proc.is_alive():
+            self._proc.kill()
+
+
+# --------------------------------------------------------------------------------------------
+# Memory of the whole process tree.
+
+
+def _proc_table() -> dict[int, tuple[int, int]]:
+    """pid -> (ppid, rss bytes) of every process, from /proc/<pid>/stat."""
+    table: dict[int, tuple[int, int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        fields = data[data.rindex(b")") + 2 :].split()  # comm may hold spaces and parens
+        table[int(entry.name)] = (int(fields[1]), int(fields[21]) * PAGE)
+    return table
+
+
+def tree_rss(root: int) -> tuple[int, int]:
+    """(RSS bytes summed over root and its descendants, number of processes)."""
+    table = _proc_table()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    total, count, todo = 0, 0, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in table:
+            total += table[pid][1]
+            count += 1
+            todo.extend(children.get(pid, []))
+    return total, count
+
+
+class TreeSampler(threading.Thread):
+    """Samples the tree's RSS every ``interval_s``; kills the tree past ``limit_bytes``."""
+
+    def __init__(self, root: int, interval_s: float, limit_bytes: int) -> None:
+        super().__init__(daemon=True)
+        self.root, self.interval_s, self.limit_bytes = root, interval_s, limit_bytes
+        self.peak_bytes = self.peak_procs = 0
+        self.over_limit = False
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.is_set():
+            rss, procs = tree_rss(self.root)
+            self.peak_bytes = max(self.peak_bytes, rss)
+            self.peak_procs = max(self.peak_procs, procs)
+            if rss > self.limit_bytes and not self.over_limit:
+                self.over_limit = True
+                _kill_group(self.root)
+            self._done.wait(self.interval_s)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+
+def _kill_group(pid: int) -> None:
+    """End the process group this script started for the run (its leader is ``pid``)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+# --------------------------------------------------------------------------------------------
+# The two harnesses.
+
+
+SELFOPT_YAML = """\
+seed: 0
+runs: {runs}
+models:
+  {model}:
+    provider: openai
+    base_url: {base_url}
+    model: {model}
+variants:
+  native_api: "{{prompt}}"
+initial: {{model: {model}, variant: native_api, timeout_s: 60, retries: 1, isolation: i0,
+           warmup: false}}
+max_candidates: 0       # baseline only: no search, no candidates
+"""
+
+TEST_MODULE = """\
+import pytest
+
+from pytest_selfopt import load_cases
+
+
+@pytest.mark.parametrize("case", load_cases("throughput.yaml"))
+def test_throughput(case, llm):
+    case.check(llm.ask(case.prompt))
+"""
+
+INSPECT_TASK = '''\
+"""Inspect AI side of scripts/throughput.py: the same N prompts as the pytest-selfopt suite."""
+
+from inspect_ai import Task, task
+from inspect_ai.dataset import MemoryDataset, Sample
+from inspect_ai.scorer import exact
+from inspect_ai.solver import generate
+
+
+@task
+def throughput(prompts: int = 1) -> Task:
+    samples = [
+        Sample(id=f"p{i:04d}", input=f"Reply with the word w{i:04d}.", target=f"w{i:04d}")
+        for i in range(int(prompts))
+    ]
+    return Task(dataset=MemoryDataset(samples), solver=generate(), scorer=exact())
+'''
+
+
+def write_suite(root: Path, prompts: int, base_url: str) -> None:
+    """A pytest-selfopt suite of ``prompts`` cases under ``root`` (its own pytest rootdir)."""
+    bench = root / "benchmarks"
+    bench.mkdir(parents=True, exist_ok=True)
+    (root / "pytest.ini").write_text("[pytest]\n")
+    (bench / "selfopt.yaml").write_text(
+        SELFOPT_YAML.format(runs=RUNS, model=MODEL, base_url=base_url)
+    )
+    lines = ["phase: throughput", "cases:"]
+    for i in range(prompts):
+        lines += [
+            f"  - id: p{i:04d}",
+            f"    prompt: {prompt(i)}",
+            f"    expect: {{equals: w{i:04d}}}",
+        ]
+    (bench / "throughput.yaml").write_text("\n".join(lines) + "\n")
+    (bench / "test_throughput.py").write_text(TEST_MODULE)
+
+
+@dataclass
+class Result:
+    label: str
+    prompts: int
+    concurrency: int
+    calls: int  # chat completions the server answered during the run
+    other_requests: int
+    samples: int | None  # samples the harness recorded; None: no report to read
+    passed: int | None
+    window_s: float  # first to last call at the server
+    in_flight_peak: int
+    tree: TreeRun
+
+    def limit(self, latency_s: float) -> float:
+        return self.concurrency / latency_s
+
+
+@dataclass
+class TreeRun:
+    """What one run of a process tree cost."""
+
+    wall_s: float
+    returncode: int
+    peak_bytes: int
+    peak_procs: int
+    aborted: str  # why the run was stopped, "" when it ended by itself
+    load: float  # 1-minute load average when it started (other work on the machine)
+
+
+def run_tree(
+    argv: Sequence[str],
+    cwd: Path,
+    env: dict[str, str],
+    log: Path,
+    timeout_s: float,
+    limit_bytes: int,
+) -> TreeRun:
+    """Run ``argv`` in a process group of its own, sampling its tree's memory every 50 ms."""
+    load = os.getloadavg()[0]
+    with log.open("wb") as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            list(argv),
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        sampler = TreeSampler(proc.pid, 0.05, limit_bytes)
+        sampler.start()
+        aborted = ""
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            aborted = f"over {timeout_s:g} s"
+            _kill_group(proc.pid)
+            proc.wait()
+        wall = time.perf_counter() - start
+        sampler.stop()
+        _kill_group(proc.pid)  # leftovers of the run (xdist workers), if any
+    if sampler.over_limit:
+        aborted = f"over {limit_bytes / 2**20:.0f} MB"
+    return TreeRun(wall, proc.returncode, sampler.peak_bytes, sampler.peak_procs, aborted, load)
+
+
+def selfopt_mode(python: str, suite: Path) -> Mode:
+    """inprocess when this plugin has ``--selfopt-concurrency``, else xdist."""
+    out = subprocess.run(
+        [python, "-m", "pytest", "--help"], cwd=suite, capture_output=True, text=True, timeout=120
+    ).stdout
+    return "inprocess" if "--selfopt-concurrency" in out else "xdist"
+
+
+def run_selfopt(
+    server: FixedLatencyServer,
+    work: Path,
+    prompts: int,
+    concurrency: int,
+    mode: Mode,
+    python: str,
+    timeout_s: float,
+    limit_bytes: int,
+) -> Result:
+    suite = work / f"selfopt-{prompts}"
+    if not suite.exists():
+        write_suite(suite, prompts, server.base_url)
+    shutil.rmtree(suite / "baselines", ignore_errors=True)  # every run is a first cycle
+    report = suite / "selfopt.json"
+    report.unlink(missing_ok=True)
+    parallel = (
+        ["-n", str(concurrency)] if mode == "xdist" else ["--selfopt-concurrency", str(concurrency)]
+    )
+    argv = [
+        python,
+        "-m",
+        "pytest",
+        "benchmarks",
+        "--selfopt",
+        "--selfopt-runs",
+        str(RUNS),
+        "--selfopt-json",
+        str(report),
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        *parallel,
+    ]
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    server.reset()
+    tree = run_tree(argv, suite, env, suite / "pytest.log", timeout_s, limit_bytes)
+    samples = passed = None
+    if report.exists():
+        doc = json.loads(report.read_text())
+        samples = len(doc["samples"])
+        passed = sum(1 for s in doc["samples"] if s.get("passed"))
+    if tree.returncode != 0 and not tree.aborted:
+        tail = (suite / "pytest.log").read_text(errors="replace")[-3000:]
+        print(f"pytest exited {tree.returncode}:\n{tail}", file=sys.stderr)
+    return _result(f"selfopt {mode}", server, prompts, concurrency, samples, passed, tree)
+
+
+INSPECT_LOG_READER = """
+import json, pathlib, sys
+from inspect_ai.log import read_eval_log
+logs = sorted(pathlib.Path(sys.argv[1]).glob("*.eval"), key=lambda p: p.stat().st_mtime)
+log = read_eval_log(str(logs[-1]), header_only=True) if logs else None
+res = log.results if log else None
+acc = [m.value for s in res.scores for k, m in s.metrics.items() if k == "accuracy"] if res else []
+done = res.completed_samples if res else None
+print(json.dumps({"samples": done, "passed": round(acc[0] * done) if acc and done else None}))
+"""
+
+
+def _inspect_log_counts(inspect_python: str, log_dir: Path) -> tuple[int | None, int | None]:
+    """(samples completed, samples scored correct) of the newest Inspect log in ``log_dir``,
+    read by Inspect's own reader (its logs are zstd-compressed zips)."""
+    out = subprocess.run(
+        [inspect_python, "-c", INSPECT_LOG_READER, str(log_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if out.returncode != 0:
+        print(f"cannot read the Inspect log in {log_dir}:\n{out.stderr[-2000:]}", file=sys.stderr)
+        return None, None
+    doc = json.loads(out.stdout.strip().splitlines()[-1])
+    return doc["samples"], doc["passed"]
+
+
+def run_inspect(
+    server: FixedLatencyServer,
+    work: Path,
+    prompts: int,
+    concurrency: int,
+    inspect_python: str,
+    task_file: Path,
+    display: str,
+    timeout_s: float,
+    limit_bytes: int,
+) -> Result:
+    run_dir = work / f"inspect-{prompts}-{concurrency}-{time.monotonic_ns()}"
+    run_dir.mkdir(parents=True)
+    inspect_bin = Path(inspect_python).parent / "inspect"
+    shutil.copy(task_file, run_dir / "inspect_task.py")  # Inspect wants a relative task path
+    argv = [
+        str(inspect_bin),
+        "eval",
+        "inspect_task.py",
+        "--model",
+        f"openai/{MODEL}",
+        "--epochs",
+        str(RUNS),
+        "--max-connections",
+        str(concurrency),
+        "-T",
+        f"prompts={prompts}",
+        "--log-dir",
+        str(run_dir / "logs"),
+        "--display",
+        display,
+        "-M",
+        "responses_api=false",  # chat completions, the endpoint pytest-selfopt calls
+    ]
+    env = {
+        **os.environ,
+        "OPENAI_BASE_URL": server.base_url,
+        "OPENAI_API_KEY": "dummy-key",
+        "NO_PROXY": "127.0.0.1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    server.reset()
+    tree = run_tree(argv, run_dir, env, run_dir / "inspect.log", timeout_s, limit_bytes)
+    samples, passed = _inspect_log_counts(inspect_python, run_dir / "logs")
+    if tree.returncode != 0 and not tree.aborted:
+        tail = (run_dir / "inspect.log").read_text(errors="replace")[-3000:]
+        print(f"inspect exited {tree.returncode}:\n{tail}", file=sys.stderr)
+    return _result("inspect", server, prompts, concurrency, samples, passed, tree)
+
+
+def _result(
+    label: str,
+    server: FixedLatencyServer,
+    prompts: int,
+    concurrency: int,
+    samples: int | None,
+    passed: int | None,
+    tree: TreeRun,
+) -> Result:
+    c = server.counters
+    window = c.last_at.value - c.first_at.value if c.first_at.value else 0.0
+    return Result(
+        label=label,
+        prompts=prompts,
+        concurrency=concurrency,
+        calls=c.calls.value,
+        other_requests=c.other.value,
+        samples=samples,
+        passed=passed,
+        window_s=window,
+        in_flight_peak=c.in_flight_peak.value,
+        tree=tree,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Output.
+
+HEADER = (
+    f"{'run':34} {'calls':>6} {'samples':>7} {'unused':>6} {'wall s':>7} {'calls/s':>8} "
+    f"{'limit/s':>7} {'of lim':>6} {'win c/s':>8} {'inflt':>5} {'peak MB':>8} {'procs':>5} "
+    f"{'load':>5}"
+)
+
+
+def row(r: Result, latency_s: float, kind: str) -> str:
+    name = f"{r.label} {kind} {r.prompts}x{RUNS} C={r.concurrency}"
+    t = r.tree
+    rate = r.calls / t.wall_s if t.wall_s else 0.0
+    limit = r.limit(latency_s)
+    win = r.calls / r.window_s if r.window_s > 0 else 0.0
+    unused = "-" if r.samples is None else str(r.calls - r.samples)
+    samples = "-" if r.samples is None else str(r.samples)
+    line = (
+        f"{name:34} {r.calls:6d} {samples:>7} {unused:>6} {t.wall_s:7.2f} {rate:8.1f} "
+        f"{limit:7.0f} {rate / limit:6.1%} {win:8.1f} {r.in_flight_peak:5d} "
+        f"{t.peak_bytes / 2**20:8.0f} {t.peak_procs:5d} {t.load:5.1f}"
+    )
+    notes = []
+    if t.aborted:
+        notes.append(f"ABORTED ({t.aborted})")
+    elif t.returncode != 0:
+        notes.append(f"exit {t.returncode}")
+    if r.passed is not None and r.samples is not None and r.passed != r.samples:
+        notes.append(f"{r.samples - r.passed} samples failed")
+    if r.other_requests:
+        notes.append(f"{r.other_requests} requests to other paths")
+    return line + ("  " + "; ".join(notes) if notes else "")
+
+
+@contextmanager
+def workdir(keep: Path | None) -> Iterator[Path]:
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        yield keep
+        return
+    with tempfile.TemporaryDirectory(prefix="throughput-") as tmp:
+        yield Path(tmp)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=300, help="N prompts (default 300)")
+    parser.add_argument("--concurrency", "-c", type=int, default=10, help="C calls in flight")
+    parser.add_argument("--latency-ms", type=float, default=50.0, help="server latency (50)")
+    parser.add_argument(
+        "--mode",
+        choices=["xdist", "inprocess"],
+        default=None,
+        help="how C is reached (default: inprocess if supported, else xdist)",
+    )
+    parser.add_argument(
+        "--python",
+        default=sys.executable,
+        help="the Python whose pytest runs the suite (default: this one)",
+    )
+    parser.add_argument("--inspect", action="store_true", help="run Inspect AI instead")
+    parser.add_argument("--inspect-python", default=None, help="python of the Inspect AI venv")
+    parser.add_argument(
+        "--inspect-task",
+        type=Path,
+        default=None,
+        help="Inspect task file (default: the one this script writes)",
+    )
+    parser.add_argument(
+        "--inspect-display",
+        default="none",
+        help="Inspect --display (default none; pytest runs with -q)",
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="measure each run this many times")
+    parser.add_argument("--no-startup", action="store_true", help="skip the 1-prompt run")
+    parser.add_argument(
+        "--timeout-s", type=float, default=600.0, help="abort a run after this long (default 600)"
+    )
+    parser.add_argument(
+        "--max-rss-mb",
+        type=float,
+        default=6144.0,
+        help="abort a run whose tree exceeds this RSS (default 6144)",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="keep the generated suites and logs here (default: a temp dir)",
+    )
+    args = parser.parse_args(argv)
+    if args.prompts < 1 or args.concurrency < 1 or args.latency_ms <= 0 or args.repeat < 1:
+        parser.error("--prompts, --concurrency, --repeat must be >= 1 and --latency-ms > 0")
+    if args.inspect and not args.inspect_python:
+        parser.error("--inspect needs --inspect-python PATH (the python of a venv with inspect-ai)")
+    latency_s = args.latency_ms / 1000
+    limit_bytes = int(args.max_rss_mb * 2**20)
+    sizes = [args.prompts] if args.prompts == 1 or args.no_startup else [1, args.prompts]
+    lifetime = (args.timeout_s + 60) * len(sizes) * args.repeat + 120
+    server = FixedLatencyServer(latency_s, lifetime)
+    try:
+        with workdir(args.workdir) as work:
+            if args.inspect:
+                task_file = args.inspect_task
+                if task_file is None:
+                    task_file = work / "inspect_task.py"
+                    task_file.write_text(INSPECT_TASK)
+                what = f"Inspect AI via {args.inspect_python}"
+            else:
+                mode: Mode = args.mode
+                if mode is None:
+                    write_suite(work / "selfopt-1", 1, server.base_url)
+                    mode = selfopt_mode(args.python, work / "selfopt-1")
+                what = f"pytest-selfopt ({mode}) via {args.python}"
+            print(f"server {server.base_url}, latency {args.latency_ms:g} ms; {what}")
+            print(HEADER, flush=True)
+            results: dict[int, list[Result]] = {n: [] for n in sizes}
+            for _ in range(args.repeat):
+                for n in sizes:
+                    if args.inspect:
+                        r = run_inspect(
+                            server,
+                            work,
+                            n,
+                            args.concurrency,
+                            args.inspect_python,
+                            task_file,
+                            args.inspect_display,
+                            args.timeout_s,
+                            limit_bytes,
+                        )
+                    else:
+                        r = run_selfopt(
+                            server,
+                            work,
+                            n,
+                            args.concurrency,
+                            mode,
+                            args.python,
+                            args.timeout_s,
+                            limit_bytes,
+                        )
+                    results[n].append(r)
+                    kind = "start-up" if n == 1 and len(sizes) > 1 else "run"
+                    print(row(r, latency_s, kind), flush=True)
+            if args.repeat > 1:
+                print("median over repeats:")
+                for n, rs in results.items():
+                    print(
+                        f"  {n}x{RUNS}: wall {statistics.median(r.tree.wall_s for r in rs):.2f} s, "
+                        f"peak {statistics.median(r.tree.peak_bytes for r in rs) / 2**20:.0f} MB"
+                    )
+    finally:
+        server.close()
+    print(
+        "columns: unused = server calls - samples recorded; limit/s = C / latency; "
+        "win c/s = calls / (last - first call at the server); inflt = peak calls in flight "
+        "at the server; peak MB = peak RSS summed over the process tree; load = 1-min load "
+        "average at the start of the run"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
