@@ -208,7 +208,13 @@ class HttpJsonClient:
     def __init__(self, base_url: str) -> None:
         # Proxy variables apply to real endpoints, never to a server on this machine.
         loopback = (httpx.URL(base_url).host or "") in ("127.0.0.1", "localhost", "::1")
-        self._http = httpx.Client(follow_redirects=False, trust_env=not loopback)
+        self._http = httpx.Client(
+            follow_redirects=False,
+            trust_env=not loopback,
+            # As many kept connections as calls in flight (the process's concurrency bounds
+            # them): none is closed and reopened between calls (docs/performance.md).
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
+        )
 
     def post_json(
         self,

@@ -22,6 +22,8 @@ import pytest
 from pytest_selfopt.plugin import racing
 from pytest_selfopt.plugin.codec import Collected, payload_of
 from pytest_selfopt.plugin.items import CONFIG_ERROR_MARK, collection_error
+from pytest_selfopt.plugin.prefetch import OUTPUT_KEY as PREFETCH_OUTPUT_KEY
+from pytest_selfopt.plugin.prefetch import PrefetchStats
 from pytest_selfopt.plugin.state import SessionState
 from pytest_selfopt.store.formats import FilesError
 from pytest_selfopt.store.journal import (
@@ -67,6 +69,7 @@ class Controller:
         self.resumed = 0
         self.identity: Identity | None = None
         self.start_notes: list[str] = []
+        self.prefetch_parts: list[PrefetchStats] = []
 
     @property
     def shipment(self) -> Any:
@@ -406,6 +409,11 @@ class Controller:
             terminalreporter.write_sep("=", "selfopt")
             for line in self.summary:
                 terminalreporter.write_line(line)
+        lines = PrefetchStats.merged(self.prefetch_parts).lines() if self.prefetch_parts else []
+        if lines and not self.summary:
+            terminalreporter.write_sep("=", "selfopt")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 class ControllerXdist:
@@ -413,6 +421,12 @@ class ControllerXdist:
 
     def __init__(self, controller: Controller) -> None:
         self.controller = controller
+
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        """Each worker's calls made ahead and unconsumed calls (plugin/prefetch.py)."""
+        data = getattr(node, "workeroutput", {}).get(PREFETCH_OUTPUT_KEY)
+        if data is not None:
+            self.controller.prefetch_parts.append(PrefetchStats.from_dict(data))
 
     def pytest_configure_node(self, node: Any) -> None:
         state = self.controller.state
