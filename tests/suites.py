@@ -26,6 +26,10 @@ CHECK = ("--selfopt-check", "-p", "no:cacheprovider", "benchmarks")
 #: Plain runs (no cycle).
 PLAIN = ("-p", "no:cacheprovider", "benchmarks")
 XDIST = ("-n", "2")
+#: The dev environment's hypothesis plugin imports hypothesis at the end of every session
+#: (~1.5 s of CPU per process: every subprocess and xdist worker); the plugin under test does
+#: not need it. For subprocesses: ``PYTEST_ADDOPTS=" ".join(NO_DEV_PLUGINS)``.
+NO_DEV_PLUGINS = ("-p", "no:hypothesispytest")
 
 #: The example's scenarios on 3 cases a phase and 3 runs (docs/loop.md walks the same story):
 #: cycle 1 promotes variant=atomic in ``atomic`` (0.333 -> 0.667, ``timeout_s=120`` is no
@@ -152,7 +156,12 @@ def run(pytester: pytest.Pytester, *args: str, **kwargs: Any) -> pytest.RunResul
     """One in-process session. Simulated cold starts are per process (docs/architecture.md,
     "models"); each session here stands for a fresh process, so the counter starts over."""
     COLD_STARTS.reset()
-    return pytester.runpytest(*args, **kwargs)
+    return pytester.runpytest(*NO_DEV_PLUGINS, *args, **kwargs)
+
+
+def run_subprocess(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    """One session in its own interpreter, as users start it (for end-to-end tests)."""
+    return pytester.runpytest_subprocess(*NO_DEV_PLUGINS, *args)
 
 
 def copy_example(pytester: pytest.Pytester, **overrides: Any) -> Path:

@@ -65,7 +65,7 @@ def big_cycle() -> tuple[LoopState, dict[str, Any], list[Sample]]:
 def test_bench_evaluate_and_decide(benchmark: Any, big_cycle: Any) -> None:
     state, plans, samples = big_cycle
     columns = SampleColumns.from_samples(samples)
-    outcome = benchmark(close_cycle, state, SETTINGS, plans, columns)
+    outcome = benchmark(close_cycle, state, SETTINGS, plans, columns, policy=POLICY_OF(SETTINGS))
     assert {p.phase for p in outcome.phases} == {"a", "b"}
     assert all(len(p.decisions) == 3 for p in outcome.phases)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from suites import write_suite
+from suites import NO_DEV_PLUGINS, write_suite
 
 from pytest_selfopt import load_routing
 from pytest_selfopt.loop.spec import Spec
@@ -57,12 +57,14 @@ def pytest_runtest_makereport(item, call):
 
 
 def _env() -> dict[str, str]:
-    """The caller's environment without what would leak the outer test session inward."""
-    return {
+    """The caller's environment without what would leak the outer test session inward, and
+    without the dev environment's hypothesis plugin in every pytest the loop starts."""
+    env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("PYTEST_XDIST", "PYTEST_ADDOPTS", "PYTEST_SELFOPT"))
     }
+    return {**env, "PYTEST_ADDOPTS": " ".join(NO_DEV_PLUGINS)}
 
 
 def run(command: tuple[str, ...] | list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -223,7 +225,7 @@ def test_report_shows_the_curve_and_the_ceiling(looped: Looped) -> None:
     assert "0.000 -> 0.000 -> 0.000 -> 1.000" in extended
     assert "ceiling: perfect score since cycle 3" in extended
     assert (
-        f"ceiling reached: cycle {n} promoted nothing, no untried candidate and no pending "
+        f"plateau reached: cycle {n} promoted nothing, no untried candidate and no pending "
         "recommendation left"
     ) in out
 

@@ -16,6 +16,7 @@ from suites import (
     recommendations,
     reset,
     run,
+    run_subprocess,
     snapshot,
 )
 
@@ -25,7 +26,7 @@ def test_two_cycles_of_the_example_in_their_own_processes(pytester: pytest.Pytes
     """Cycle 1 promotes variant=atomic and recommends a route; cycle 2 holds the cold route,
     recommends warm-up and leaves the reviewed files alone."""
     copy_example(pytester)
-    result = pytester.runpytest_subprocess(*CYCLE)
+    result = run_subprocess(pytester, *CYCLE)
     assert result.ret == 0, result.stdout.str()
     out = result.stdout.str()
     assert set(snapshot(pytester)) == {
@@ -52,7 +53,7 @@ def test_two_cycles_of_the_example_in_their_own_processes(pytester: pytest.Pytes
     assert "variant: atomic" in routing
 
     before = snapshot(pytester)
-    result = pytester.runpytest_subprocess(*CYCLE)
+    result = run_subprocess(pytester, *CYCLE)
     assert result.ret == 0, result.stdout.str()
     after = snapshot(pytester)
     # Nothing promoted: the reviewed files do not move; the audit trail grows.

@@ -15,8 +15,8 @@ WORKFLOW = ROOT / ".github" / "workflows" / "selfopt.yml"
 #: The commands the README, docs/ci.md and the workflow must all spell exactly like this.
 COMMANDS = (
     "pip install -e .",
-    "pytest benchmarks --selfopt -n auto --selfopt-report selfopt-report.md",
-    "pytest benchmarks --selfopt-check -n auto --selfopt-report selfopt-check.md",
+    "pytest benchmarks --selfopt -n auto --selfopt-report=selfopt-report.md",
+    "pytest benchmarks --selfopt-check -n auto --selfopt-report=selfopt-check.md",
 )
 #: Widely used actions, pinned to a major version that exists.
 KNOWN_ACTIONS = {
@@ -86,7 +86,7 @@ def test_commands_are_exactly_the_documented_ones(workflow: dict[str, Any]) -> N
 def test_the_pull_request_body_is_the_cycle_report(workflow: dict[str, Any]) -> None:
     cycle = steps(workflow, "cycle")
     [pr] = [s for s in cycle if s.get("uses", "").startswith("peter-evans/create-pull-request")]
-    report = COMMANDS[1].split("--selfopt-report ")[1]
+    report = COMMANDS[1].split("--selfopt-report=")[1]
     assert pr["with"]["body-path"] == report
     assert pr["with"]["add-paths"] == "baselines/"
     names = [s.get("uses") or s.get("run") for s in cycle]
