@@ -26,7 +26,8 @@ limit (C / latency), the fraction of it reached, the peak memory of the whole pr
 (RSS summed over the root process and its descendants, sampled from /proc every 50 ms) and
 the unconsumed calls (server calls - samples recorded, read from ``--selfopt-json`` or the
 Inspect log). Unless ``--prompts 1`` or ``--no-startup``, a 1-prompt x 7 run at the same
-concurrency comes first: its wall time is the start-up time. Linux only (/proc).
+concurrency comes first: its wall time is the start-up time. A run is stopped (its process
+group killed) past ``--timeout-s`` or ``--max-rss-mb``. Linux only (/proc).
 """
 
 from __future__ import annotations
@@ -604,10 +605,11 @@ def run_inspect(
     concurrency: int,
     inspect_python: str,
     task_file: Path,
-    display: str,
+    extra: Sequence[str],
     timeout_s: float,
     limit_bytes: int,
 ) -> Result:
+    """``extra``: further ``inspect eval`` arguments (display, logging)."""
     run_dir = work / f"inspect-{prompts}-{concurrency}-{time.monotonic_ns()}"
     run_dir.mkdir(parents=True)
     inspect_bin = Path(inspect_python).parent / "inspect"
@@ -626,10 +628,9 @@ def run_inspect(
         f"prompts={prompts}",
         "--log-dir",
         str(run_dir / "logs"),
-        "--display",
-        display,
         "-M",
         "responses_api=false",  # chat completions, the endpoint pytest-selfopt calls
+        *extra,
     ]
     env = {
         **os.environ,
@@ -746,6 +747,13 @@ def main(argv: list[str] | None = None) -> int:
         default="none",
         help="Inspect --display (default none; pytest runs with -q)",
     )
+    parser.add_argument(
+        "--inspect-extra",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more inspect eval argument (repeatable): --inspect-extra=--no-log-realtime",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="measure each run this many times")
     parser.add_argument("--no-startup", action="store_true", help="skip the 1-prompt run")
     parser.add_argument(
@@ -800,7 +808,7 @@ def main(argv: list[str] | None = None) -> int:
                             args.concurrency,
                             args.inspect_python,
                             task_file,
-                            args.inspect_display,
+                            ["--display", args.inspect_display, *args.inspect_extra],
                             args.timeout_s,
                             limit_bytes,
                         )
@@ -831,7 +839,7 @@ def main(argv: list[str] | None = None) -> int:
         "columns: unused = server calls - samples recorded; limit/s = C / latency; "
         "win c/s = calls / (last - first call at the server); inflt = peak calls in flight "
         "at the server; peak MB = peak RSS summed over the process tree; load = 1-min load "
-        "average at the start of the run"
+        "average at the start of the run (it still holds the tail of the previous run)"
     )
     return 0
 

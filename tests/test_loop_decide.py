@@ -238,6 +238,6 @@ def test_never_promotes_without_a_strictly_higher_median(
         assert cs.median > base.median
         assert cs.runs >= GATES.min_samples and cs.variance <= GATES.max_variance
         assert restraint is None or restraint >= GATES.min_restraint
-        assert cs.errored < cs.samples
+        # errored samples are failed samples (issue 10.4): no rule on cs.errored
     if cs.median <= base.median:
         assert d.verdict != PROMOTE
