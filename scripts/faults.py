@@ -1,6 +1,7 @@
 """Long fault runs on copies of the example: kills at random moments, concurrent starts.
 
-    .venv/bin/python scripts/faults.py [--kills 100] [--double-starts 20] [--seed 1]
+    nice -n 10 .venv/bin/python scripts/faults.py [--kills 100] [--double-starts 20]
+        [--resumes 20] [--cold-starts on|off] [--seed 1] [--json trials.json]
 
 1. A chain of uninterrupted cycles gives the reference states S0 (no files) .. S4; cycles of
    the example are deterministic (simulated models, fixed seed), so the cycle from S(k) always
@@ -13,6 +14,17 @@
    leftover.
 3. Each double start launches two sessions on the same S(k) at once: exactly one may write
    (the history grows by one cycle, no cycle number twice), the other must exit non-zero.
+4. Each resume trial starts a cycle on S(k) and sends SIGINT once the sample journal holds a
+   random number of samples (1 .. all but one); the broken session must write nothing and
+   say how many samples it kept; ``--selfopt-resume`` must then run exactly the items missing
+   from the journal (a probe plugin records every item that ran) and leave exactly S(k+1),
+   the uninterrupted cycle's files, byte for byte. The example's simulated cold start is per
+   process, so a resumed session (a new process) meets a cold model where the uninterrupted
+   one was warm: ``--cold-starts off`` removes it from the copies, to compare like with like.
+
+The sessions run a copy of ``pytest_selfopt`` taken when the script starts (``PYTHONPATH``
+ahead of the editable install), so edits made to the working tree during a long run do not
+mix into it.
 
 Prints the figures docs/reliability.md quotes; ``--json`` keeps every trial.
 """
@@ -45,6 +57,20 @@ SESSION = [
     "no:cacheprovider",
 ]
 SIGNALS = {"SIGKILL": signal.SIGKILL, "SIGTERM": signal.SIGTERM, "SIGINT": signal.SIGINT}
+JOURNAL = Path(".pytest_cache") / "selfopt" / "journal.jsonl"
+#: A plugin (``-p faults_probe``) that records the node id of every item that ran its call.
+PROBE = """
+import os
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" and os.environ.get("FAULTS_RAN"):
+        with open(os.environ["FAULTS_RAN"], "a", encoding="utf-8") as fh:
+            fh.write(report.nodeid + "\\n")
+"""
+ENV = dict(os.environ)
+#: --cold-starts off: the example's simulated models start warm in every process.
+CONFIG_EDITS: dict[str, Any] = {}
 
 State = dict[str, bytes]
 
@@ -61,42 +87,86 @@ def example(work: Path, state: State) -> Path:
         REPO / "benchmarks", root / "benchmarks", ignore=shutil.ignore_patterns("__pycache__")
     )
     shutil.copy(REPO / "conftest.py", root / "conftest.py")
+    (root / "faults_probe.py").write_text(PROBE, encoding="utf-8")
+    if CONFIG_EDITS.get("warm"):
+        import yaml
+
+        path = root / "benchmarks" / "selfopt.yaml"
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+        for model in config["models"].values():
+            model.pop("cold_start_calls", None)
+        path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     (root / "baselines").mkdir()
     for name, data in state.items():
         (root / "baselines" / name).write_bytes(data)
     return root
 
 
-def session(root: Path) -> subprocess.Popen[bytes]:
+def session(
+    root: Path, *extra: str, ran: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    env = dict(env or ENV)
+    if ran is not None:
+        env["FAULTS_RAN"] = str(ran)
     return subprocess.Popen(
-        SESSION,
+        [*SESSION, *extra],
         cwd=root,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        env=env,
     )
 
 
-def chain(work: Path, cycles: int) -> tuple[list[State], list[float]]:
-    """S0..S(cycles) and each cycle's duration, from uninterrupted sessions."""
+def code_copy(work: Path) -> str:
+    """A copy of the plugin's code as it is now; the sessions import it first."""
+    src = work / "src"
+    shutil.copytree(
+        REPO / "pytest_selfopt",
+        src / "pytest_selfopt",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    ENV["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(src), os.environ.get("PYTHONPATH", "")) if p
+    )
+    sys.path.insert(0, str(src))
+    head = subprocess.run(
+        ["git", "-C", str(REPO), "log", "-1", "--format=%h %cs"], capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(REPO), "status", "--short", "--", "pytest_selfopt"],
+        capture_output=True,
+        text=True,
+    ).stdout.split("\n")
+    changed = sum(bool(line.strip()) for line in dirty)
+    return f"code: commit {head}, {changed} file(s) of pytest_selfopt/ changed in the working tree"
+
+
+def chain(work: Path, cycles: int) -> tuple[list[State], list[float], list[list[str]]]:
+    """S0..S(cycles), each cycle's duration and the items it ran, from uninterrupted
+    sessions."""
     states: list[State] = [{}]
     seconds: list[float] = []
+    items: list[list[str]] = []
     root = example(work, {})
     for k in range(cycles):
+        ran = root / f"ran-{k}.txt"
         start = time.monotonic()
-        done = subprocess.run(SESSION, cwd=root, capture_output=True, check=False)
+        proc = session(root, "-p", "faults_probe", ran=ran)
+        output = proc.communicate()[0].decode("utf-8", "replace")
         seconds.append(time.monotonic() - start)
         after = snapshot(root / "baselines")
-        if done.returncode not in (0, 1) or after == states[-1]:
-            sys.exit(f"reference cycle {k + 1} failed:\n{done.stdout.decode()[-3000:]}")
+        if proc.returncode not in (0, 1) or after == states[-1]:
+            sys.exit(f"reference cycle {k + 1} failed:\n{output[-3000:]}")
         states.append(after)
+        items.append(ran.read_text(encoding="utf-8").split())
     shutil.rmtree(root)
-    return states, seconds
+    return states, seconds, items
 
 
 def repair(folder: Path) -> tuple[list[str], str]:
     """What the next start does first: repair, then read (the notes it prints)."""
-    from pytest_selfopt.store.files import read_state
+    from pytest_selfopt.store.files import read_state  # the copy (code_copy)
     from pytest_selfopt.store.formats import FilesError
 
     try:
@@ -191,20 +261,106 @@ def double_start(work: Path, rng: random.Random, states: list[State]) -> dict[st
     }
 
 
+def journal_lines(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def resume_trial(
+    work: Path, rng: random.Random, states: list[State], items: list[list[str]]
+) -> dict[str, Any]:
+    """Interrupt a cycle after a random number of samples, then resume it."""
+    k = rng.randrange(len(states) - 1)
+    total = len(items[k])
+    root = example(work, states[k])
+    journal = root / JOURNAL
+    attempts: list[dict[str, Any]] = []
+    kept_line = ""
+    while len(attempts) < 3:
+        target = rng.randint(1, total - 1)
+        proc = session(root)
+        while proc.poll() is None and journal_lines(journal) - 1 < target:
+            time.sleep(0.002)
+        at_lines = journal_lines(journal) - 1
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+        output = proc.communicate()[0].decode("utf-8", "replace")
+        kept_line = next((ln for ln in output.splitlines() if ln.startswith("kept ")), "")
+        attempts.append({"target": target, "journal_at_signal": at_lines, "exit": proc.returncode})
+        if kept_line or snapshot(root / "baselines") != states[k]:
+            break  # interrupted with samples kept, or (rarely) after the cycle was written
+        shutil.rmtree(root / ".pytest_cache", ignore_errors=True)
+    broken_wrote = snapshot(root / "baselines") != states[k]
+    kept = int(kept_line.split()[1]) if kept_line else 0
+    journal_ids: list[str] = []
+    if journal.exists():
+        for line in journal.read_text(encoding="utf-8").splitlines()[1:]:
+            if line.strip():
+                journal_ids.append(json.loads(line)["nodeid"])
+    ran = root / "resumed-ran.txt"
+    proc = session(root, "--selfopt-resume", "-p", "faults_probe", ran=ran)
+    output = proc.communicate()[0].decode("utf-8", "replace")
+    resumed_ids = ran.read_text(encoding="utf-8").split() if ran.exists() else []
+    after = snapshot(root / "baselines")
+    said = next((ln for ln in output.splitlines() if ln.startswith("resumed: ")), "")
+    journal_left = journal.exists()
+    shutil.rmtree(root)
+    reference = set(items[k])
+    only_missing = (
+        bool(kept_line)
+        and not set(journal_ids) & set(resumed_ids)
+        and len(resumed_ids) == len(set(resumed_ids))
+        and set(journal_ids) | set(resumed_ids) == reference
+        and len(journal_ids) + len(resumed_ids) == total
+    )
+    return {
+        "start_state": k,
+        "items": total,
+        "attempts": attempts,
+        "broken_session_wrote": broken_wrote,
+        "kept": kept,
+        "journal_samples": len(journal_ids),
+        "resume_exit": proc.returncode,
+        "resume_said": said,
+        "resumed_ran": len(resumed_ids),
+        "ran_only_missing": only_missing,
+        "identical_to_uninterrupted": after == states[k + 1],
+        "journal_left": journal_left,
+        "output_tail": "" if only_missing and after == states[k + 1] else output[-800:],
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=100)
     ap.add_argument("--double-starts", type=int, default=20)
+    ap.add_argument("--resumes", type=int, default=20)
+    ap.add_argument(
+        "--cold-starts",
+        choices=["on", "off"],
+        default="on",
+        help="off: no simulated cold starts (they are per process, so a resumed session, a "
+        "new process, meets a cold model where the uninterrupted one was already warm)",
+    )
     ap.add_argument("--cycles", type=int, default=4, help="reference chain length")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", help="write every trial to this file")
     args = ap.parse_args()
     rng = random.Random(args.seed)
-    sys.path.insert(0, str(REPO))
+    CONFIG_EDITS["warm"] = args.cold_starts == "off"
+    began = time.monotonic()
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {' '.join(sys.argv)}")
     with tempfile.TemporaryDirectory(prefix="selfopt-faults-") as tmp:
         work = Path(tmp)
-        states, seconds = chain(work, args.cycles)
-        print(f"reference chain: {args.cycles} cycles, {', '.join(f'{s:.1f}' for s in seconds)} s")
+        print(code_copy(work), flush=True)
+        states, seconds, items = chain(work, args.cycles)
+        print(
+            f"reference chain: {args.cycles} cycles, {', '.join(f'{s:.1f}' for s in seconds)} s; "
+            f"items per cycle: {', '.join(str(len(i)) for i in items)}",
+            flush=True,
+        )
         kills = []
         for i in range(args.kills):
             kills.append(kill_trial(work, rng, states, seconds))
@@ -214,16 +370,35 @@ def main() -> int:
         for i in range(args.double_starts):
             doubles.append(double_start(work, rng, states))
             print(f"  double starts: {i + 1}/{args.double_starts}", flush=True)
-    report(kills, doubles)
+        resumes = []
+        for i in range(args.resumes):
+            resumes.append(resume_trial(work, rng, states, items))
+            print(f"  resumes: {i + 1}/{args.resumes}", flush=True)
+    report(kills, doubles, resumes)
+    print(f"wall time: {time.monotonic() - began:.0f} s")
     if args.json:
-        Path(args.json).write_text(json.dumps({"kills": kills, "double_starts": doubles}, indent=1))
-    bad = sum(
-        t["outcome"] == "mixed" or bool(t["leftovers"]) or bool(t["error"]) for t in kills
-    ) + sum(d["cycles_added"] != 1 or d["duplicate_cycle_numbers"] for d in doubles)
+        Path(args.json).write_text(
+            json.dumps({"kills": kills, "double_starts": doubles, "resumes": resumes}, indent=1)
+        )
+    bad = (
+        sum(t["outcome"] == "mixed" or bool(t["leftovers"]) or bool(t["error"]) for t in kills)
+        + sum(
+            d["cycles_added"] != 1 or d["duplicate_cycle_numbers"] or d["state"] != "new"
+            for d in doubles
+        )
+        + sum(
+            not (r["ran_only_missing"] and r["identical_to_uninterrupted"])
+            or r["broken_session_wrote"]
+            or r["journal_left"]
+            for r in resumes
+        )
+    )
     return 1 if bad else 0
 
 
-def report(kills: list[dict[str, Any]], doubles: list[dict[str, Any]]) -> None:
+def report(
+    kills: list[dict[str, Any]], doubles: list[dict[str, Any]], resumes: list[dict[str, Any]]
+) -> None:
     def count(rows: list[dict[str, Any]], **match: Any) -> int:
         return sum(all(r[k] == v for k, v in match.items()) for r in rows)
 
@@ -256,6 +431,23 @@ def report(kills: list[dict[str, Any]], doubles: list[dict[str, Any]]) -> None:
     lines = sorted({ln for d in doubles for ln in d["loser_lines"]})
     for line in lines[:3]:
         print(f"  loser said: {line[:160]}")
+    print(f"resumes: {len(resumes)}")
+    if resumes:
+        kept = [r["kept"] for r in resumes]
+        print(
+            f"  interrupted after {min(kept)} .. {max(kept)} samples kept (of "
+            f"{min(r['items'] for r in resumes)} .. {max(r['items'] for r in resumes)} items); "
+            f"extra attempts (signal landed too late): "
+            f"{sum(len(r['attempts']) - 1 for r in resumes)}"
+        )
+        print(
+            f"  broken session wrote nothing: {sum(not r['broken_session_wrote'] for r in resumes)}; "
+            f"resumed session ran only the missing items: "
+            f"{sum(r['ran_only_missing'] for r in resumes)}; "
+            f"files identical to the uninterrupted cycle: "
+            f"{sum(r['identical_to_uninterrupted'] for r in resumes)}; "
+            f"journal removed after the cycle closed: {sum(not r['journal_left'] for r in resumes)}"
+        )
 
 
 if __name__ == "__main__":

@@ -9,9 +9,12 @@ once here keeps them loaded for all sessions.
 
 import importlib
 import pkgutil
+from collections.abc import Iterator
 
 import hypothesis  # noqa: F401
 import numpy  # noqa: F401
+import pytest
+from suites import NO_DEV_PLUGINS
 
 import pytest_selfopt
 
@@ -19,3 +22,14 @@ pytest_plugins = ["pytester"]
 
 for _module in pkgutil.walk_packages(pytest_selfopt.__path__, "pytest_selfopt."):
     importlib.import_module(_module.name)
+
+
+@pytest.fixture
+def pytester(pytester: pytest.Pytester) -> Iterator[pytest.Pytester]:
+    """pytester, whose sessions (in-process, subprocesses and their xdist workers) start
+    without the dev plugins they never use (``suites.NO_DEV_PLUGINS``). pytester clears
+    ``PYTEST_ADDOPTS`` for isolation; this sets it after that and restores it before pytester
+    restores the outer session's value."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTEST_ADDOPTS", " ".join(NO_DEV_PLUGINS))
+        yield pytester

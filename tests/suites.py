@@ -7,7 +7,6 @@ end-to-end tests copy the real example (:func:`copy_example`) and start a subpro
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 import yaml
 
 from pytest_selfopt.models.sim import COLD_STARTS
+from pytest_selfopt.store.parse import parse_history
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "benchmarks"
 FILES = ("baseline.yaml", "routing.yaml", "history.json", "decisions.log")
@@ -26,10 +26,12 @@ CHECK = ("--selfopt-check", "-p", "no:cacheprovider", "benchmarks")
 #: Plain runs (no cycle).
 PLAIN = ("-p", "no:cacheprovider", "benchmarks")
 XDIST = ("-n", "2")
-#: The dev environment's hypothesis plugin imports hypothesis at the end of every session
-#: (~1.5 s of CPU per process: every subprocess and xdist worker); the plugin under test does
-#: not need it. For subprocesses: ``PYTEST_ADDOPTS=" ".join(NO_DEV_PLUGINS)``.
-NO_DEV_PLUGINS = ("-p", "no:hypothesispytest")
+#: Plugins of the dev environment that the sessions under test never use: hypothesis's imports
+#: hypothesis at the end of every session (~1.5 s of CPU per process: every subprocess and xdist
+#: worker), anyio's and pytest-benchmark's cost a few tenths more. tests/conftest.py puts them
+#: in ``PYTEST_ADDOPTS`` for every pytester session (in-process, subprocess, xdist workers);
+#: for other subprocesses: ``PYTEST_ADDOPTS=" ".join(NO_DEV_PLUGINS)``.
+NO_DEV_PLUGINS = ("-p", "no:hypothesispytest", "-p", "no:anyio", "-p", "no:benchmark")
 
 #: The example's scenarios on 3 cases a phase and 3 runs (docs/loop.md walks the same story):
 #: cycle 1 promotes variant=atomic in ``atomic`` (0.333 -> 0.667, ``timeout_s=120`` is no
@@ -156,12 +158,12 @@ def run(pytester: pytest.Pytester, *args: str, **kwargs: Any) -> pytest.RunResul
     """One in-process session. Simulated cold starts are per process (docs/architecture.md,
     "models"); each session here stands for a fresh process, so the counter starts over."""
     COLD_STARTS.reset()
-    return pytester.runpytest(*NO_DEV_PLUGINS, *args, **kwargs)
+    return pytester.runpytest(*args, **kwargs)
 
 
 def run_subprocess(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     """One session in its own interpreter, as users start it (for end-to-end tests)."""
-    return pytester.runpytest_subprocess(*NO_DEV_PLUGINS, *args)
+    return pytester.runpytest_subprocess(*args)
 
 
 def copy_example(pytester: pytest.Pytester, **overrides: Any) -> Path:
@@ -203,9 +205,9 @@ def reset(pytester: pytest.Pytester) -> None:
 
 
 def history(pytester: pytest.Pytester) -> list[dict[str, Any]]:
-    data = json.loads((pytester.path / "baselines" / "history.json").read_text())
-    cycles: list[dict[str, Any]] = data["cycles"]
-    return cycles
+    """The cycles of history.json as the loop reads them back (either layout on disk)."""
+    path = pytester.path / "baselines" / "history.json"
+    return parse_history(path.read_text(encoding="utf-8"), str(path))
 
 
 def decisions(entry: dict[str, Any]) -> dict[tuple[str, str], str]:

@@ -49,7 +49,7 @@ def test_unchanged_suite_passes_and_writes_nothing(committed: pytest.Pytester) -
     out = result.stdout.str()
     assert result.ret == 0, out
     assert "selfopt check: no regression" in out
-    result.stdout.re_match_lines([r"\s+atomic\s+ok\s+median 0\.667 vs committed 0\.667"])
+    result.stdout.re_match_lines([r"\s+atomic\s+ok\s+pass rate [+-]0\.\d{3} \[.*\] over 3 case"])
     assert "check mode: nothing written" in out
     assert tree(committed.path) == before
 
@@ -66,8 +66,8 @@ def test_a_case_made_harder_fails_naming_phase_and_case(
     result.stdout.re_match_lines(
         [
             r"selfopt check: 1 of \d phase\(s\) regressed: atomic",
-            r"\s+atomic\s+REGRESSED\s+median 0\.333 vs committed 0\.667",
-            r"\s+capital-france\s+\[P,P,P\] -> \[F,F,F\]",
+            r"\s+atomic\s+REGRESSED\s+pass rate -0\.333 \[-0\.\d+, -0\.\d+\] over 3 case",
+            r"\s+capital-france\s+3/3 -> \[F,F,F\]",
         ]
     )
     assert tree(committed.path) == before
@@ -85,10 +85,29 @@ def test_check_report_goes_to_the_file_and_the_step_summary(
     assert result.ret == 1, result.stdout.str()
     report = (committed.path / "check.md").read_text()
     assert report.startswith("## pytest-selfopt check: 1 of")
-    assert "| atomic | **REGRESSED** | 0.667 | 0.333 |" in report
-    assert "| capital-france | `[P,P,P]` | `[F,F,F]` | 1.00 → 0.00 |" in report
+    assert "| atomic | **REGRESSED** | -0.333 [-" in report
+    assert "| capital-france | 3/3 | 0/3 `[F,F,F]` | 1.00 → 0.00 |" in report
     assert summary.read_text() == "earlier step\n" + report + "\n"
     assert tree(committed.path / "baselines") == baselines
+
+
+def test_a_never_beaten_initial_spec_is_guarded(pytester: pytest.Pytester) -> None:
+    """Nothing beats ``initial`` (no candidate changes anything that matters), yet its first
+    measurement is committed, so breaking its model makes the check fail (issue 11.1)."""
+    mini_suite(pytester, search={"timeout_s": [60, 120]}, fallback_chain=["lfm"])
+    assert run(pytester, *CYCLE).ret == 0
+    baseline = (pytester.path / "baselines" / "baseline.yaml").read_text()
+    assert "promoted_in_cycle: 0" in baseline and "metrics: null" not in baseline
+    assert "capital-france: 3/3" in baseline
+    again = run(pytester, *CYCLE)  # nothing promoted: baseline.yaml is not touched again
+    assert again.ret == 0
+    assert (pytester.path / "baselines" / "baseline.yaml").read_text() == baseline
+    make_harder(pytester)
+    result = run(pytester, *CHECK)
+    assert result.ret == 1, result.stdout.str()
+    result.stdout.re_match_lines(
+        [r"\s+atomic\s+REGRESSED\s+pass rate -0\.333", r"\s+capital-france\s+3/3 -> \[F,F,F\]"]
+    )
 
 
 def test_check_without_committed_baseline_compares_nothing_and_passes(

@@ -24,6 +24,7 @@ from suites import NO_DEV_PLUGINS, write_suite
 
 from pytest_selfopt import load_routing
 from pytest_selfopt.loop.spec import Spec
+from pytest_selfopt.store.parse import parse_history
 
 CLI = (sys.executable, "-m", "pytest_selfopt.cli.main")
 PYTEST = (sys.executable, "-m", "pytest", "-p", "no:cacheprovider")
@@ -81,9 +82,9 @@ def mini_root(root: Path) -> Path:
 
 
 def cycles(baselines: Path) -> list[dict[str, Any]]:
-    data = json.loads((baselines / "history.json").read_text())
-    entries: list[dict[str, Any]] = data["cycles"]
-    return entries
+    """The cycles of history.json as the loop reads them back (either layout on disk)."""
+    path = baselines / "history.json"
+    return parse_history(path.read_text(encoding="utf-8"), str(path))
 
 
 def log_records(baselines: Path) -> list[dict[str, Any]]:

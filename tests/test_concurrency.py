@@ -100,7 +100,7 @@ def config(server: SimServer, *, runs: int = 3, search: bool = True, **extra: An
         "initial": {
             "model": "small",
             "variant": "plain",
-            "timeout_s": 30,
+            "timeout_s": 300,  # 3 s real at SCALE: a loaded machine must not time out and retry
             "retries": 1,
             "isolation": "i0",
             "warmup": False,
@@ -312,6 +312,7 @@ def test_same_files_as_a_serial_cycle(
     assert want["history.json"]["cycles"][0]["phases"]["facts"]["candidates"]  # decided something
 
 
+@pytest.mark.slow  # xdist workers
 def test_each_xdist_worker_has_calls_in_flight_of_its_own(
     pytester: pytest.Pytester, sim_server: Callable[..., SimServer]
 ) -> None:
@@ -335,17 +336,20 @@ def test_each_xdist_worker_has_calls_in_flight_of_its_own(
 def test_example_suites_in_process_write_the_same_files_and_waste_nothing(
     pytester: pytest.Pytester, root: str
 ) -> None:
-    """In-process simulated models answer at once: nothing is made ahead, nothing differs."""
+    """In-process simulated models answer at once: nothing is made ahead, nothing differs.
+
+    On 3 runs instead of 7 (the gates' min_samples: still a cycle that decides): the noisy
+    suite's transport errors sleep their real retry backoff, which 7 runs twice took 40 s."""
     copy_example(pytester)
     shutil.rmtree(pytester.path / root / "baselines", ignore_errors=True)
     folder = pytester.path / (root if root != "benchmarks" else "") / "baselines"
-    serial = pytester.runpytest(root, "--selfopt", "-p", "no:cacheprovider")
+    args = (root, "--selfopt", "-p", "no:cacheprovider", "--selfopt-runs=3")
+    serial = pytester.runpytest(*args)
     assert serial.ret == 0, serial.stdout.str()
     want = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert b"PROMOTE" in want["decisions.log"]  # files of a cycle that decided something
     shutil.rmtree(folder)
-    concurrent = pytester.runpytest(
-        root, "--selfopt", "-p", "no:cacheprovider", "--selfopt-concurrency", "8"
-    )
+    concurrent = pytester.runpytest(*args, "--selfopt-concurrency", "8")
     assert concurrent.ret == 0, concurrent.stdout.str()
     assert unconsumed(concurrent) == 0
     assert "no call made ahead" in concurrent.stdout.str()
@@ -371,8 +375,17 @@ def http_example(pytester: pytest.Pytester, server: SimServer) -> Path:
 HTTP_SCALE = 0.05
 
 
+#: Without racing, 3 runs (the gates' min_samples) of the example show the same as 7 at less
+#: than half the served sleep; racing needs its 7 runs: 126 of 420 items skipped in cycle 1
+#: is the figure docs/statistics.md gives, and it first fires after run 4.
+HTTP_RACES = [
+    pytest.param(["--selfopt-runs=3"], id="all"),
+    pytest.param(["--selfopt-race-after", "3"], id="racing"),
+]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("race", [[], ["--selfopt-race-after", "3"]], ids=["all", "racing"])
+@pytest.mark.parametrize("race", HTTP_RACES)
 def test_http_example_calls_ahead_wastes_nothing_and_decides_like_serial(
     pytester: pytest.Pytester, sim_server: Callable[..., SimServer], race: list[str]
 ) -> None:
@@ -389,11 +402,13 @@ def test_http_example_calls_ahead_wastes_nothing_and_decides_like_serial(
             *race, *extra,
         )  # fmt: skip
         assert result.ret == 0, result.stdout.str()
-        assert server.stats()["requests"] == json_samples(out)  # every call consumed
+        assert server.stats()["requests"] == json_attempts(out)  # every call consumed
         if extra:
             assert unconsumed(result) == 0
             assert server.stats()["max_in_flight"] > 1
         files[label] = _files(http / "baselines")
         skipped[label] = result.parseoutcomes().get("skipped", 0)
     assert files["concurrent"] == files["serial"]
-    assert skipped["concurrent"] == skipped["serial"] == (126 if race else 0)
+    assert files["serial"]["history.json"]  # a cycle was written
+    racing = "--selfopt-race-after" in race
+    assert skipped["concurrent"] == skipped["serial"] == (126 if racing else 0)

@@ -3,13 +3,13 @@
 Unit level: ``dump_baseline``/``dump_routing`` of states differing in one knob. End to end:
 two ``pytest --selfopt`` cycles (in-process, the mini suite of tests/suites.py) under git,
 where the second one promotes ``variant=terse`` over an already promoted, measured baseline,
-and ``git diff`` of ``baselines/`` is asserted line by line.
+and ``git diff`` of ``baselines/`` is asserted line by line (history.json: a few dozen
+appended lines, one changed).
 """
 
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import re
 import shutil
@@ -27,6 +27,7 @@ from suites import CYCLE, MINI_CASES, MINI_CONFIG, mini_suite, run, set_config
 from pytest_selfopt.loop.spec import Spec
 from pytest_selfopt.loop.types import PhaseBaseline
 from pytest_selfopt.store.formats import dump_baseline, dump_routing
+from pytest_selfopt.store.parse import parse_baseline, parse_history
 
 
 def changed_lines(before: str, after: str) -> list[str]:
@@ -171,7 +172,7 @@ def test_git_diff_of_a_promoting_cycle_is_the_knob_and_its_metrics(
 
     old_spec = Spec("lfm", "atomic", 60, 1, "i0", False)
     new_spec = old_spec.with_knob("variant", "terse")
-    entries = json.loads((folder / "history.json").read_text())["cycles"]
+    entries = parse_history((folder / "history.json").read_text(), "history.json")
     before, after = (e["phases"]["atomic"]["baseline_after"] for e in entries)
     assert (before["spec_id"], after["spec_id"]) == (old_spec.id, new_spec.id)
     metric_lines = []
@@ -200,17 +201,42 @@ def test_git_diff_of_a_promoting_cycle_is_the_knob_and_its_metrics(
         "+    promoted_in_cycle: 2",
         f"+    {reason}",
     ]
-    # the metric lines: old values then new values per changed block, each key in place
+    # then the metric lines and the per-case reference lines that changed, each in place
+    committed_ref = parse_baseline(git(pytester.path, "show", "HEAD:baselines/baseline.yaml"), "b")
+    now_ref = parse_baseline((folder / "baseline.yaml").read_text(), "b")
+    old_ref, new_ref = committed_ref["atomic"].reference, now_ref["atomic"].reference
+    assert old_ref and set(old_ref) == set(new_ref)
+    ref_lines = [
+        (f"-      {case}: {old_ref[case][0]}/{old_ref[case][1]}",
+         f"+      {case}: {new_ref[case][0]}/{new_ref[case][1]}")
+        for case in sorted(old_ref) if old_ref[case] != new_ref[case]
+    ]  # fmt: skip
+    assert ref_lines  # terse passes cases atomic failed
     rest = diff[8:]
-    assert sorted(rest) == sorted(line for pair in metric_lines for line in pair)
-    assert [l for l in rest if l.startswith("-")] == [p[0] for p in metric_lines]
-    assert [l for l in rest if l.startswith("+")] == [p[1] for p in metric_lines]
+    changes = metric_lines + ref_lines  # the order baseline.yaml writes them
+    assert sorted(rest) == sorted(line for pair in changes for line in pair)
+    assert [l for l in rest if l.startswith("-")] == [p[0] for p in changes]
+    assert [l for l in rest if l.startswith("+")] == [p[1] for p in changes]
     assert ("-      median: 0.6667", "+      median: 1.0000") in metric_lines
     # nothing else moved: same skeleton, and the extended phase is byte for byte the same
     committed = git(pytester.path, "show", "HEAD:baselines/baseline.yaml")
     now = (folder / "baseline.yaml").read_text()
     assert keys(committed) == keys(now)
     assert committed.split("  extended:")[1] == now.split("  extended:")[1]
+
+    # history.json: the new cycle is appended as a few dozen lines; one line changes (the
+    # previous cycle's last line gains its comma)
+    history = [
+        line
+        for line in git(pytester.path, "diff", "-U0", "--", "baselines/history.json").splitlines()
+        if line.startswith(("-", "+")) and not line.startswith(("---", "+++"))
+    ]
+    removed = [line for line in history if line.startswith("-")]
+    added = [line for line in history if line.startswith("+")]
+    assert len(removed) == 1 and added[0] == removed[0].replace("-", "+", 1) + ","
+    assert added[1].startswith('+{"cycle": 2, ') and len(added) <= 50, len(added)
+    assert any(line.startswith('+    {"label": "variant=terse", "decision": {"verdict": "PROMOTE"')
+               for line in added)  # fmt: skip
 
     routing = [
         line

@@ -97,10 +97,10 @@ def test_history_and_log_formats() -> None:
             }
         ]
     )
-    assert text.endswith("}\n")
+    assert text.endswith("]}\n")
     doc = json.loads(text)
     assert doc == {
-        "version": 1,
+        "version": 2,
         "cycles": [
             {
                 "cycle": 1,
@@ -111,7 +111,9 @@ def test_history_and_log_formats() -> None:
             }
         ],
     }
-    assert '\n  "cycles": [\n' in text and "é" in text
+    # the compact layout (historyform.py): a cycle's scalars on its first line
+    assert text.startswith('{"version": 2, "cycles": [\n{"cycle": 1, "x": 0.333333,')
+    assert "é" in text
     lines = dump_log_lines(
         audit_of(3) + [AuditRecord(3, "x", "promote", "id", "l\u2028", {"a": 1})], "c0ffee"
     )
@@ -158,12 +160,24 @@ metrics_st = st.one_of(
 )
 
 
+#: case id -> (passed, runs): any case id the suite allows (suite/cases.py), any valid count
+references = st.dictionaries(
+    st.sampled_from(["capital-france", "q1.2", "prime_after_89", "0", "true", "null", "a-"]),
+    st.integers(1, 50).flatmap(lambda n: st.tuples(st.integers(0, n), st.just(n))),
+    max_size=4,
+)
+
+
 @settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    st.dictionaries(text, st.tuples(specs, metrics_st, st.integers(0, 99), st.text()), max_size=3)
+    st.dictionaries(
+        text,
+        st.tuples(specs, metrics_st, st.integers(0, 99), st.text(), references),
+        max_size=3,
+    )
 )
 def test_random_specs_and_metrics_round_trip(data: dict[str, Any]) -> None:
-    baselines = {p: PhaseBaseline(p, s, m, c, r) for p, (s, m, c, r) in data.items()}
+    baselines = {p: PhaseBaseline(p, s, m, c, r, ref) for p, (s, m, c, r, ref) in data.items()}
     dumped = dump_baseline(baselines)
     back = parse_baseline(dumped, "baseline.yaml")
     assert set(back) == set(baselines)
@@ -171,6 +185,7 @@ def test_random_specs_and_metrics_round_trip(data: dict[str, Any]) -> None:
         assert back[phase].spec == base.spec and back[phase].spec.id == base.spec.id
         assert back[phase].reason == base.reason
         assert back[phase].promoted_in_cycle == base.promoted_in_cycle
+        assert back[phase].reference == base.reference
         if base.metrics is None:
             assert back[phase].metrics is None
         else:
@@ -181,7 +196,7 @@ def test_random_specs_and_metrics_round_trip(data: dict[str, Any]) -> None:
                     assert math.isclose(got, value, abs_tol=5e-5)
     assert dump_baseline(back) == dumped
     routes = {
-        p: Route(p, s, tuple(s.model for _ in range(c % 3))) for p, (s, _, c, _) in data.items()
+        p: Route(p, s, tuple(s.model for _ in range(c % 3))) for p, (s, _, c, _, _) in data.items()
     }
     assert parse_routing(dump_routing(routes), "routing.yaml") == routes
 

@@ -4,8 +4,9 @@ reads, ends in one named line: no traceback, nothing written, bounded memory (is
 Most entries go through the plugin's own loaders in-process (``orchestrate.prepare`` reads the
 suite config and all four committed files exactly as a session does; ``load_cases`` reads the
 cases files); every ConfigError/FilesError there is exit 4 in a session. A few pytester
-sessions prove that mapping end to end. Timings and peak RSS of whole processes, for every
-entry, are measured by the probe described in docs/reliability.md.
+sessions prove that mapping end to end. Each load's CPU time and memory growth are measured
+in its child; with ``SELFOPT_HOSTILE_FIGURES=PATH`` they are appended to PATH (JSON lines) for
+docs/reliability.md. Whole processes are measured by scripts/hostile_probe.py.
 """
 
 from __future__ import annotations
@@ -100,27 +101,34 @@ def test_the_corpus_has_50_malformed_entries_per_file_each_unlike_the_valid_one(
         assert same == [], "these mutations no longer change the file"
 
 
-def _vm_size() -> int:
-    """This process's address space in bytes (Linux), 0 where unknown."""
+def _status_kb(field: str) -> int:
+    """A ``/proc/self/status`` figure in kB (Linux), 0 where unknown."""
     try:
         status = Path("/proc/self/status").read_text()
     except OSError:
         return 0
-    found = re.search(r"VmSize:\s+(\d+) kB", status)
-    return int(found.group(1)) * 1024 if found else 0
+    found = re.search(rf"{field}:\s+(\d+) kB", status)
+    return int(found.group(1)) if found else 0
 
 
-def _load_in_child(root: Path) -> tuple[str, str]:
+def _vm_size() -> int:
+    """This process's address space in bytes (Linux), 0 where unknown."""
+    return _status_kb("VmSize") * 1024
+
+
+def _load_in_child(root: Path) -> tuple[str, str, dict[str, float]]:
     """``_load`` in a forked child whose address space may grow by MAX_GROWTH at most (an
     allocation beyond fails there, not here) and which may take HANG_S at most.
 
-    Returns ("ok", ""), ("named", message) or ("crash", what escaped)."""
+    Returns ("ok", ""), ("named", message) or ("crash", what escaped), and the child's
+    figures: CPU seconds and peak resident memory above what it had at the fork, in MB."""
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through the pipe and exits
         code = 0
         try:
             os.close(read)
+            rss_at_fork = _status_kb("VmRSS")
             if _vm_size():
                 limit = _vm_size() + MAX_GROWTH
                 resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
@@ -128,11 +136,13 @@ def _load_in_child(root: Path) -> tuple[str, str]:
             signal.alarm(HANG_S)
             try:
                 _load(root)
-                out = ("ok", "")
+                out = ["ok", ""]
             except (ConfigError, FilesError) as exc:
-                out = ("named", str(exc))
+                out = ["named", str(exc)]
             except BaseException as exc:  # noqa: BLE001 - reported to the parent
-                out = ("crash", f"{type(exc).__name__}: {str(exc)[:2000]}")
+                out = ["crash", f"{type(exc).__name__}: {str(exc)[:2000]}"]
+            peak = _status_kb("VmHWM")
+            out.append(str(max(peak - rss_at_fork, 0) / 1024) if peak and rss_at_fork else "")
             os.write(write, json.dumps(out).encode())
         except BaseException:  # noqa: BLE001
             code = 1
@@ -141,9 +151,12 @@ def _load_in_child(root: Path) -> tuple[str, str]:
     os.close(write)
     with os.fdopen(read, "rb") as pipe:
         data = pipe.read()
-    os.waitpid(pid, 0)
-    kind, message = json.loads(data or b'["crash", "the child died without a report"]')
-    return kind, message
+    _, _, usage = os.wait4(pid, 0)
+    kind, message, *rest = json.loads(data or b'["crash", "the child died without a report"]')
+    figures = {"cpu_s": usage.ru_utime + usage.ru_stime}
+    if rest and rest[0]:
+        figures["rss_growth_mb"] = float(rest[0])
+    return kind, message, figures
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="each load runs in a forked child")
@@ -157,7 +170,10 @@ def test_entry_ends_in_one_named_line_and_nothing_is_written(
     monkeypatch.chdir(root)
     entry.install(root)
     before = _snapshot(root / "baselines")
-    kind, message = _load_in_child(root)
+    kind, message, figures = _load_in_child(root)
+    if record := os.environ.get("SELFOPT_HOSTILE_FIGURES"):
+        with open(record, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"id": entry.id, "kind": kind, **figures}) + "\n")
     assert _snapshot(root / "baselines") == before
     assert not Path(PWNED).exists()
     assert kind != "crash", message

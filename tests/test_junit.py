@@ -56,7 +56,10 @@ def test_plain_run_puts_the_sample_on_its_testcase(example: pytest.Pytester) -> 
     assert int(props["attempts"]) == 1 and float(props["restraint"]) == 1.0
 
 
-@pytest.mark.parametrize("workers", [(), XDIST], ids=["serial", "xdist"])
+@pytest.mark.parametrize(
+    "workers",
+    [pytest.param((), id="serial"), pytest.param(XDIST, id="xdist", marks=pytest.mark.slow)],
+)
 def test_every_selfopt_sample_reaches_junit(
     example: pytest.Pytester, workers: tuple[str, ...]
 ) -> None:

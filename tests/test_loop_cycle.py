@@ -178,7 +178,17 @@ def test_cycle_one_promotes_the_variant_and_recommends_a_route() -> None:
     extended = phase(c1, "extended")
     assert set(verdicts(extended).values()) == {REJECT}
     assert extended.winner is None
-    assert extended.baseline_after is extended.baseline_before  # untouched: files byte-identical
+    # not beaten, but measured for the first time: committed once (metrics and per-case
+    # reference) so that --selfopt-check can guard it; spec and promotion cycle unchanged
+    before, after = extended.baseline_before, extended.baseline_after
+    assert before.metrics is None and not before.reference
+    assert (after.spec, after.promoted_in_cycle, after.reason) == (
+        before.spec,
+        0,
+        before.reason,
+    )
+    assert after.metrics is not None and after.metrics["median"] == 0.0
+    assert after.reference == {f"case{i}": (0, 7) for i in range(6)}
     base_diag = [d for d in extended.diagnoses if d.spec_id == INITIAL.id and d.case_id]
     assert [d.kind for d in base_diag] == ["capability_limit"] * 6
     routes = [r for r in extended.recommendations if r.action == "route_next_model"]

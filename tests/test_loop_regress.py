@@ -1,16 +1,22 @@
-"""The regression gate of --selfopt-check (loop/regress.py), on hand-made measurements."""
+"""The regression gate of --selfopt-check (loop/regress.py): the case-stratified one-sided
+test of committed per-case counts against today's, on hand-made measurements."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from pytest_selfopt.loop.evaluate import evaluate
-from pytest_selfopt.loop.regress import check_regression, pass_rate
+from pytest_selfopt.loop.learn import first_measurement
+from pytest_selfopt.loop.regress import (
+    RegressionResult,
+    check_regression,
+    pass_counts,
+    stratified_drop,
+)
 from pytest_selfopt.loop.spec import Spec
 from pytest_selfopt.loop.types import GateSettings, PhaseBaseline, Sample, SpecStats
 
@@ -40,137 +46,133 @@ def measure(table: Mapping[str, str], *, error_kind: str | None = None) -> SpecS
     return evaluate(samples)[("atomic", SPEC.id)]
 
 
-def committed(stats: SpecStats | None, median: float | None = None) -> PhaseBaseline:
-    metrics = None
-    if stats is not None:
-        metrics = dict(stats.metrics())
-        metrics["median"] = round(stats.median if median is None else median, 4)
-    return PhaseBaseline("atomic", SPEC, metrics, 1, "variant=atomic: PROMOTE")
+def committed(stats: SpecStats | None, *, reference: bool = True) -> PhaseBaseline:
+    """The champion as the loop commits it: metrics and per-case counts of its measurement."""
+    if stats is None:
+        return PhaseBaseline("atomic", SPEC, None, 0, "initial spec from selfopt.yaml")
+    ref = stats.reference() if reference else {}
+    return PhaseBaseline("atomic", SPEC, stats.metrics(), 1, "PROMOTE", reference=ref)
 
 
 def patterns(table: Mapping[str, str]) -> dict[str, str]:
     return {case: "[" + ",".join(marks) + "]" for case, marks in table.items()}
 
 
-GOOD = {
-    "a": "PPPPPPP",
-    "b": "PPPPPPP",
-    "c": "PPPPPPP",
-    "d": "FFFFFFF",
-    "e": "PPPPPPP",
-    "f": "PPPPPPP",
-}
+GOOD = {case: "PPPPPPP" for case in "abcdefghij"} | {"k": "FFFFFFF", "l": "PPPFPPF"}
+
+
+def check(
+    before: Mapping[str, str], now: Mapping[str, str], *, level: float = 0.05
+) -> RegressionResult:
+    return check_regression("atomic", committed(measure(before)), measure(now), GATES, level=level)
 
 
 def test_unchanged_measurement_is_not_a_regression() -> None:
-    stats = measure(GOOD)
-    result = check_regression("atomic", committed(stats), stats, patterns(GOOD), GATES)
-    assert not result.regressed
-    assert result.worse_cases == () and result.reason.startswith("ok: ")
-    # the committed median is written with 4 decimals (0.8333): rounding is not a drop
-    assert result.committed_median == 0.8333 and result.measured_median > 0.8333
+    result = check(GOOD, GOOD)
+    assert not result.regressed and result.reason.startswith("ok: ")
+    assert result.effect == 0.0 and result.p_value is not None and result.p_value > 0.5
+    assert result.worse_cases == () and result.compared == 12
 
 
 def test_a_case_that_stopped_passing_is_a_named_regression() -> None:
-    now = dict(GOOD, a="FFFFFFF")
-    result = check_regression(
-        "atomic", committed(measure(GOOD)), measure(now), patterns(GOOD), GATES
-    )
-    assert result.regressed
-    assert result.reason.startswith("REGRESSED: median 0.667 vs committed 0.833")
+    result = check(GOOD, dict(GOOD, a="FFFFFFF"))
+    assert result.regressed and result.reason.startswith("REGRESSED: pass rate -0.083")
+    assert result.p_value is not None and result.p_value < 0.01
+    assert result.interval is not None and result.interval[1] < 0
     [case] = result.worse_cases
     assert (case.case_id, case.committed_pattern, case.measured_pattern) == (
         "a",
-        "[P,P,P,P,P,P,P]",
+        "7/7",
         "[F,F,F,F,F,F,F]",
     )
     assert (case.committed_rate, case.measured_rate, case.drop) == (1.0, 0.0, 1.0)
 
 
+def test_a_flaky_case_wobbling_is_noise_not_a_regression() -> None:
+    # "l" was 5/7 and is 3/7 today: a drop of 2 runs of one flaky case, 1/6 of a prompt
+    result = check(GOOD, dict(GOOD, l="PFFPFPF"))
+    assert not result.regressed
+    assert [c.case_id for c in result.worse_cases] == ["l"]
+    assert "1 case(s) pass less often" in result.reason
+
+
+def test_a_significant_drop_below_one_prompt_is_not_a_regression() -> None:
+    # a perfect case now fails 6 runs of 7: significant, but 6/7 of one prompt's worth
+    result = check(GOOD, dict(GOOD, a="PFFFFFF"))
+    assert result.p_value is not None and result.p_value <= 0.05
+    assert not result.regressed and "below the minimum 0.083" in result.reason
+
+
 def test_worse_cases_are_listed_largest_drop_first() -> None:
-    now = dict(GOOD, a="PPPPFFF", b="FFFFFFF", c="PPPPPPF")
-    result = check_regression(
-        "atomic", committed(measure(GOOD)), measure(now), patterns(GOOD), GATES
-    )
+    result = check(GOOD, dict(GOOD, a="PPPPFFF", b="FFFFFFF", c="PPPPPPF"))
+    assert result.regressed
     assert [c.case_id for c in result.worse_cases] == ["b", "a", "c"]
 
 
-def test_a_worse_case_while_the_median_holds_is_listed_but_passes() -> None:
-    now = dict(GOOD, a="PPPPPPF")  # one run of one case: the run median does not move
-    result = check_regression(
-        "atomic", committed(measure(GOOD)), measure(now), patterns(GOOD), GATES
-    )
-    assert not result.regressed
-    assert [c.case_id for c in result.worse_cases] == ["a"]
-    assert "held" in result.reason and "1 case(s) pass less often" in result.reason
+def test_new_failing_cases_are_no_regression() -> None:
+    result = check(GOOD, dict(GOOD, m="FFFFFFF", n="FFFFFFF"))
+    assert not result.regressed and result.new_cases == ("m", "n")
+    assert result.compared == 12 and result.measured_median < 0.8
 
 
-def test_a_new_failing_case_lowers_the_median_but_is_no_regression() -> None:
-    now = dict(GOOD, g="FFFFFFF", h="FFFFFFF")
-    result = check_regression(
-        "atomic", committed(measure(GOOD)), measure(now), patterns(GOOD), GATES
-    )
-    assert result.measured_median < 0.8
-    assert not result.regressed
-    assert result.new_cases == ("g", "h")
-    assert "no committed case got worse" in result.reason and "new cases: g, h" in result.reason
+def test_without_a_reference_the_history_patterns_are_the_evidence() -> None:
+    base = committed(measure(GOOD), reference=False)
+    now = measure(dict(GOOD, a="FFFFFFF"))
+    result = check_regression("atomic", base, now, GATES, history_patterns=patterns(GOOD))
+    assert result.regressed and [c.case_id for c in result.worse_cases] == ["a"]
+    compact = {case: marks for case, marks in GOOD.items()}  # history's compact form
+    again = check_regression("atomic", base, now, GATES, history_patterns=compact)
+    assert again.regressed and again.p_value == result.p_value
 
 
-def test_without_recorded_patterns_the_median_alone_decides() -> None:
-    now = dict(GOOD, a="FFFFFFF")
-    result = check_regression("atomic", committed(measure(GOOD)), measure(now), None, GATES)
-    assert result.regressed and result.worse_cases == ()
-    assert "no recorded patterns" in result.reason
+def test_no_committed_evidence_is_not_compared() -> None:
+    result = check_regression("atomic", committed(None), measure(GOOD), GATES)
+    assert not result.regressed and result.effect is None and result.committed_median is None
+    assert "run `pytest --selfopt` once" in result.reason
 
 
-@dataclass(frozen=True)
-class WithTolerance:
-    """Stands in for GateSettings once it carries ``regression_tolerance``."""
-
-    regression_tolerance: float
-
-
-def test_tolerance_from_settings_or_argument() -> None:
-    now = dict(GOOD, a="FFFFFFF")  # a drop of exactly one prompt's worth (1/6)
-    base, stats, pats = committed(measure(GOOD)), measure(now), patterns(GOOD)
-    one_prompt = 1 / 6
-    loose = check_regression("atomic", base, stats, pats, WithTolerance(one_prompt))  # type: ignore[arg-type]
-    assert not loose.regressed and loose.tolerance == one_prompt
-    assert "within tolerance" in loose.reason
-    tight = check_regression("atomic", base, stats, pats, GATES, tolerance=one_prompt / 2)
-    assert tight.regressed and tight.tolerance == one_prompt / 2
-    with pytest.raises(ValueError, match="tolerance must be >= 0"):
-        check_regression("atomic", base, stats, pats, GATES, tolerance=-0.1)
-
-
-def test_no_committed_metrics_is_not_compared() -> None:
-    result = check_regression("atomic", committed(None), measure(GOOD), None, GATES)
-    assert not result.regressed and result.committed_median is None
-    assert "nothing to compare" in result.reason
+def test_the_tolerance_raises_the_minimum_effect() -> None:
+    now = dict(GOOD, a="FFFFFFF", b="FFFFFFF")  # two prompts' worth: 2/12
+    assert check(GOOD, now).regressed
+    loose = GateSettings(regression_tolerance=0.2)
+    result = check_regression("atomic", committed(measure(GOOD)), measure(now), loose)
+    assert not result.regressed and result.tolerance == 0.2
+    with pytest.raises(ValueError, match="level"):
+        check(GOOD, GOOD, level=1.5)
 
 
 def test_every_sample_errored_cannot_vouch_and_regresses() -> None:
     down = {case: "FFFFFFF" for case in GOOD}
     result = check_regression(
-        "atomic", committed(measure(GOOD)), measure(down, error_kind="connect"), None, GATES
+        "atomic", committed(measure(GOOD)), measure(down, error_kind="connect"), GATES
     )
-    assert result.regressed and result.errored == result.samples == 42
-    assert "could not measure: all 42 samples errored" in result.reason
+    assert result.regressed and result.errored == result.samples == 84
+    assert "could not measure: all 84 samples errored" in result.reason
 
 
 def test_a_routed_spec_other_than_the_baseline_is_said() -> None:
     stats = measure(GOOD)
-    other = PhaseBaseline("atomic", SPEC.with_knob("retries", 2), stats.metrics(), 1, "")
-    result = check_regression("atomic", other, stats, None, GATES)
+    other = PhaseBaseline(
+        "atomic", SPEC.with_knob("retries", 2), stats.metrics(), 1, "", stats.reference()
+    )
+    result = check_regression("atomic", other, stats, GATES)
     assert f"routed spec {SPEC.id}" in result.reason
 
 
 @pytest.mark.parametrize(
-    ("text", "rate"),
-    [("[P,F,P,P]", 0.75), ("[F]", 0.0), ("[]", None), ("P,F", None), ("[P,X]", None)],
+    ("text", "counts"),
+    [("[P,F,P,P]", (3, 4)), ("[F]", (0, 1)), ("PFPP", (3, 4)), ("[]", None), ("[P,X]", None)],
 )
-def test_pass_rate(text: str, rate: float | None) -> None:
-    assert pass_rate(text) == rate
+def test_pass_counts(text: str, counts: tuple[int, int] | None) -> None:
+    assert pass_counts(text) == counts
+
+
+def test_stratification_weighs_each_case_by_its_own_noise() -> None:
+    # the same total drop (2 runs) is certain on a deterministic case, noise on a flaky one
+    sure = stratified_drop({"a": (7, 7), "b": (7, 7)}, {"a": (5, 7), "b": (7, 7)})
+    flaky = stratified_drop({"a": (4, 7), "b": (7, 7)}, {"a": (2, 7), "b": (7, 7)})
+    assert sure.drop == flaky.drop
+    assert sure.p_value < flaky.p_value
 
 
 marks = st.text(alphabet="PF", min_size=7, max_size=7)
@@ -180,14 +182,24 @@ marks = st.text(alphabet="PF", min_size=7, max_size=7)
 def test_never_regressed_when_no_case_got_worse(
     before: dict[str, str], data: st.DataObject
 ) -> None:
-    """With patterns recorded, a regression always names a case that passes less often."""
+    """A regression always names a case that passes less often."""
     after: dict[str, str] = {}
     for case, old in before.items():
         # each case passes at least as often as before
         gained = data.draw(st.lists(st.booleans(), min_size=7, max_size=7))
         after[case] = "".join("P" if o == "P" or g else "F" for o, g in zip(old, gained))
-    result = check_regression(
-        "atomic", committed(measure(before)), measure(after), patterns(before), GATES
-    )
+    result = check(before, after)
     assert not result.regressed
     assert result.worse_cases == ()
+
+
+def test_first_measurement_commits_a_never_measured_champion_once() -> None:
+    initial = committed(None)
+    stats = measure(GOOD)
+    first = first_measurement(initial, stats)
+    assert first.metrics == stats.metrics() and first.reference == stats.reference()
+    assert first.reference["l"] == (5, 7) and first.promoted_in_cycle == 0
+    assert first_measurement(first, measure(dict(GOOD, a="FFFFFFF"))) is first  # no churn
+    down = measure({case: "FFFFFFF" for case in GOOD}, error_kind="connect")
+    assert first_measurement(initial, down) is initial  # an outage vouches for nothing
+    assert first_measurement(initial, None) is initial

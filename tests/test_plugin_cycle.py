@@ -90,6 +90,7 @@ def test_mini_suite_tells_the_examples_story(pytester: pytest.Pytester) -> None:
     assert "cold_start" in diagnosis_kinds(second, "extended")
 
 
+@pytest.mark.slow  # two sessions with xdist workers
 def test_xdist_and_serial_make_the_same_decisions_and_files(pytester: pytest.Pytester) -> None:
     """Two cycles serially, then the same two under ``-n 2``: same decisions, same
     recommendations, byte-identical baseline.yaml and routing.yaml (same seed, same files)."""

@@ -6,7 +6,18 @@ In-process sessions on the mini suite (tests/suites.py); ``-n 2`` where a worker
 from __future__ import annotations
 
 import pytest
-from suites import CHECK, CYCLE, PLAIN, XDIST, decisions, history, mini_suite, run, snapshot
+from suites import (
+    CHECK,
+    CYCLE,
+    PLAIN,
+    XDIST,
+    decisions,
+    history,
+    mini_suite,
+    run,
+    run_subprocess,
+    snapshot,
+)
 
 
 def test_bad_config_names_file_and_key_and_writes_nothing(pytester: pytest.Pytester) -> None:
@@ -67,7 +78,122 @@ def test_interrupted_session_writes_nothing(pytester: pytest.Pytester) -> None:
     result = run(pytester, *CYCLE, no_reraise_ctrlc=True)
     assert result.ret == pytest.ExitCode.INTERRUPTED
     assert "nothing written" in result.stdout.str()
+    # pytest's banner and source line give way to the summary (what was kept, how to resume)
+    assert "KeyboardInterrupt" not in result.stdout.str() + result.stderr.str()
     assert snapshot(pytester) == {}
+
+
+EARLY_LINE = "interrupted before any test ran: nothing was run or written"
+
+
+def selfopt_section(text: str) -> list[str]:
+    """The lines under the ``selfopt`` separator, up to the next separator."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if " selfopt " in line and "===" in line)
+    rest = lines[start + 1 :]
+    return rest[: next((i for i, line in enumerate(rest) if line.startswith("===")), len(rest))]
+
+
+def assert_quiet(result: pytest.RunResult) -> None:
+    both = result.stdout.str() + result.stderr.str()
+    assert "Traceback" not in both and "KeyboardInterrupt" not in both, both
+
+
+def test_ctrl_c_while_collecting_is_one_line(pytester: pytest.Pytester) -> None:
+    mini_suite(pytester)
+    pytester.makeconftest(
+        """
+        def pytest_collectstart(collector):
+            if collector.name == "test_extended.py":
+                raise KeyboardInterrupt
+        """
+    )
+    result = run(pytester, *CYCLE, no_reraise_ctrlc=True)
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    assert selfopt_section(result.stdout.str()) == [EARLY_LINE]
+    assert_quiet(result)
+    folder = pytester.path / "baselines"  # made for the lock, which was given back
+    assert not folder.exists() or list(folder.iterdir()) == []
+
+
+def test_ctrl_c_while_the_plugin_plans_is_one_line_and_gives_the_lock_back(
+    pytester: pytest.Pytester,
+) -> None:
+    """After the plugin read the files and took the lock, before the session started: pytest
+    itself prints nothing then, and its own teardown gives the lock back."""
+    mini_suite(pytester)
+    pytester.makeconftest(
+        """
+        import pytest
+
+        @pytest.hookimpl(trylast=True)
+        def pytest_configure(config):
+            raise KeyboardInterrupt
+        """
+    )
+    result = run(pytester, *CYCLE, no_reraise_ctrlc=True)
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    assert result.stderr.str().strip().splitlines() == [f"selfopt: {EARLY_LINE}"]
+    assert_quiet(result)
+    assert result.stdout.str().strip() == ""
+    folder = pytester.path / "baselines"
+    assert not folder.exists() or list(folder.iterdir()) == []
+
+
+def test_ctrl_c_while_pytest_starts_is_one_line(pytester: pytest.Pytester) -> None:
+    """While pytest imports conftests (before any session exists), Python's own handler would
+    print an import traceback and end by the signal (status 130)."""
+    mini_suite(pytester)
+    pytester.makeconftest(
+        """
+        import os, signal, time
+
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+        """
+    )
+    result = run_subprocess(pytester, *CYCLE)
+    assert result.ret == 2
+    assert result.stderr.str().strip().splitlines() == [
+        "selfopt: interrupted while pytest was starting; nothing was run or written"
+    ]
+    assert_quiet(result)
+    assert not (pytester.path / "baselines").exists()
+
+
+def test_ctrl_c_during_xdist_teardown_after_the_write_is_one_line(
+    pytester: pytest.Pytester,
+) -> None:
+    mini_suite(pytester)
+    pytester.makeconftest(
+        """
+        import os, signal, time
+        from xdist import workermanage
+
+        _teardown = workermanage.NodeManager.teardown_nodes
+
+        def teardown_nodes(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+            return _teardown(self)
+
+        workermanage.NodeManager.teardown_nodes = teardown_nodes
+        """
+    )
+    result = run_subprocess(pytester, *CYCLE, *XDIST)
+    assert result.ret == 2
+    assert result.stderr.str().strip().splitlines()[-1] == (
+        "selfopt: interrupted after the cycle was closed; its files are complete"
+    )
+    assert_quiet(result)
+    assert "written: baselines/baseline.yaml" in result.stdout.str()  # the summary got out
+    assert len(history(pytester)) == 1
+    assert sorted(p.name for p in (pytester.path / "baselines").iterdir()) == [
+        "baseline.yaml",
+        "decisions.log",
+        "history.json",
+        "routing.yaml",
+    ]  # the lock was given back
 
 
 def test_stop_on_first_failure_writes_nothing(pytester: pytest.Pytester) -> None:
@@ -214,3 +340,82 @@ def test_committed_routing_naming_an_unknown_model_is_refused(pytester: pytest.P
         ["*baselines/routing.yaml: phases.atomic.model: 'gpt-9' is not defined*"]
     )
     assert snapshot(pytester) == before
+
+
+def many_cases(count: int) -> str:
+    rows = "".join(
+        f"  - {{id: c{i}, prompt: 'What is {i} + 1?', expect: {{number: {i + 1}}}}}\n"
+        for i in range(count)
+    )
+    return f"phase: atomic\ncases:\n{rows}"
+
+
+def test_too_many_items_are_refused_while_parametrizing(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """runs x specs x cases over the bound: one named line, exit 4, before pytest makes the
+    items (the bound is lowered here, in-process; the next test uses the real one)."""
+    monkeypatch.setattr("pytest_selfopt.suite.config.MAX_ITEMS", 40)
+    mini_suite(pytester)
+    assert run(pytester, *CYCLE, "--selfopt-runs", "2", "--collect-only").ret == 0
+    result = run(pytester, *CYCLE, "--selfopt-runs", "3")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stdout.fnmatch_lines(
+        [
+            "*bad input: benchmarks/selfopt.yaml: runs: this session would collect more than 40 "
+            "test items (runs x specs x cases, at 3 runs per spec); lower runs*"
+        ]
+    )
+    assert "Traceback" not in result.stdout.str() and "config.py:" not in result.stdout.str()
+    assert snapshot(pytester) == {}
+
+
+@pytest.mark.parametrize("workers", [(), XDIST], ids=["serial", "xdist"])
+def test_runs_1000_over_many_cases_is_refused_before_collecting(
+    pytester: pytest.Pytester, workers: tuple[str, ...]
+) -> None:
+    """1000 runs x 2 specs x 60 cases: 120,000 items, refused before any is made (each
+    xdist worker collects on its own, and refuses on its own)."""
+    mini_suite(pytester, runs=1000, cases={"atomic": many_cases(60)})
+    result = run(pytester, *CYCLE, *workers)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stdout.fnmatch_lines(
+        ["*benchmarks/selfopt.yaml: runs: this session would collect more than 100,000 test*"]
+    )
+    assert "Traceback" not in result.stdout.str() and "config.py:" not in result.stdout.str()
+    assert snapshot(pytester) == {}
+
+
+def test_runs_over_1000_are_refused_at_load(pytester: pytest.Pytester) -> None:
+    mini_suite(pytester, runs=100000)
+    result = run(pytester, *CYCLE)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*benchmarks/selfopt.yaml: runs: expected *1000*"])
+    assert snapshot(pytester) == {}
+
+
+def test_ctrl_c_while_the_interpreter_exits_after_the_write_is_one_line(
+    pytester: pytest.Pytester,
+) -> None:
+    """After pytest returned (its cleanups ran), only the interpreter's exit is left: a Ctrl-C
+    there, in a process started for a cycle, stays one line (a test process that runs sessions
+    in-process gets its own handler back instead)."""
+    mini_suite(pytester)
+    pytester.makeconftest(
+        """
+        import atexit, os, signal, time
+
+        def late():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+
+        atexit.register(late)
+        """
+    )
+    result = run_subprocess(pytester, *CYCLE)
+    assert result.ret == 2
+    assert result.stderr.str().strip().splitlines()[-1] == (
+        "selfopt: interrupted after the cycle was closed; its files are complete"
+    )
+    assert_quiet(result)
+    assert len(history(pytester)) == 1

@@ -64,7 +64,11 @@ def baselines(pytester: pytest.Pytester) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
-XDIST = [pytest.param([], id="serial"), pytest.param(["-n", "2"], id="xdist")]
+#: Under xdist, two worker processes start: slow.
+XDIST = [
+    pytest.param([], id="serial"),
+    pytest.param(["-n", "2"], id="xdist", marks=pytest.mark.slow),
+]
 
 
 @pytest.mark.parametrize("xdist", XDIST)

@@ -18,7 +18,7 @@ from pytest_selfopt.loop import stats as paired
 from pytest_selfopt.loop.evaluate import evaluate
 from pytest_selfopt.loop.policies.seed import SeedPolicy
 from pytest_selfopt.loop.spec import Spec
-from pytest_selfopt.loop.types import REJECT, Candidate, GateSettings, PhasePlan, Sample
+from pytest_selfopt.loop.types import REJECT, Candidate, GateSettings, PhasePlan, Sample, SpecStats
 from pytest_selfopt.plugin import racing
 
 GATES = GateSettings()
@@ -74,17 +74,22 @@ def test_seed_rule_is_exact_over_every_completion() -> None:
         )
 
 
-def test_nothing_is_raced_out_on_transport_errors_alone() -> None:
+def test_an_outage_is_never_raced_out_but_a_timeout_is_a_failed_answer() -> None:
+    """Racing decides only what the gates would: a candidate whose server did not answer (an
+    outage, ``connect``) is undecidable; one that timed out everywhere failed, as the
+    application would see it (docs/loop.md), so it cannot win."""
     base = stats(samples(BASE, [[True, True]] * 4))
-    errored = stats(
-        [
-            sample(SAME, case_name(j), r, False, error="timeout")
-            for r in range(1, 5)
-            for j in range(2)
+
+    def failing(error: str) -> SpecStats:
+        rows = [
+            sample(SAME, case_name(j), r, False, error=error) for r in range(1, 5) for j in range(2)
         ]
-    )
-    assert racing.seed_cannot_win(base, errored, 1, GATES) is None
-    assert racing.paired_cannot_win(base, errored, 1, GATES) is None
+        return stats(rows)
+
+    down = failing("connect")
+    assert racing.seed_cannot_win(base, down, 1, GATES) is None
+    assert racing.paired_cannot_win(base, down, 1, GATES) is None
+    assert racing.seed_cannot_win(base, failing("timeout"), 1, GATES) is not None
 
 
 def test_paired_rule_is_can_still_win_and_looks_once() -> None:

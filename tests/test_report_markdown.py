@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from reportdata import GATES, HOSTILE, build_outcome, sample_history
 from suites import copy_example
+from suites import run as run_session  # in-process, simulated cold starts reset
 
 from pytest_selfopt.loop.regress import CaseChange, RegressionResult
 from pytest_selfopt.loop.spec import Spec
@@ -170,10 +171,14 @@ def _result(
         worse_cases=changes,
         new_cases=new,
         samples=42,
+        compared=6,
+        effect=-0.166 if regressed else 0.0,
+        interval=(-0.3, -0.05) if regressed else (-0.1, 0.1),
+        p_value=0.01 if regressed else 0.5,
     )
 
 
-DROP = CaseChange("capital-france", "[P,P,P,P,P,P,P]", 1.0, "[F,F,F,F,F,F,F]", 0.0)
+DROP = CaseChange("capital-france", (7, 7), (0, 7), "[F,F,F,F,F,F,F]")
 
 
 def test_check_terminal_names_phases_and_cases_that_got_worse() -> None:
@@ -183,7 +188,7 @@ def test_check_terminal_names_phases_and_cases_that_got_worse() -> None:
     )
     assert lines[0] == "selfopt check: 1 of 2 phase(s) regressed: atomic"
     assert lines[1].split()[:2] == ["atomic", "REGRESSED"]
-    assert "capital-france  [P,P,P,P,P,P,P] -> [F,F,F,F,F,F,F]  (pass rate 1.00 → 0.00)" in lines[2]
+    assert "capital-france  7/7 -> [F,F,F,F,F,F,F]  (pass rate 1.00 → 0.00)" in lines[2]
     assert lines[3].split()[:3] == ["extended", "ok", "held"]
     assert lines[-2:] == ["  notes: no measured baseline", "check mode: nothing written"]
     ok = check_terminal_lines([_result("atomic", False)])
@@ -191,7 +196,7 @@ def test_check_terminal_names_phases_and_cases_that_got_worse() -> None:
 
 
 def test_check_markdown_tables_and_escaping() -> None:
-    hostile = CaseChange(REPLY, "[P,P]", 1.0, REPLY, 0.0)
+    hostile = CaseChange(REPLY, (2, 2), (0, 2), REPLY)
     md = check_markdown(
         [
             _result("atomic", True, DROP, hostile, new=("new-case",)),
@@ -202,12 +207,17 @@ def test_check_markdown_tables_and_escaping() -> None:
     assert_well_formed(md)
     assert md.startswith("## pytest-selfopt check: 1 of 2 phase(s) regressed: atomic\n")
     tables = md_tables(md)
-    assert tables[0][0].startswith("| phase | verdict | committed median | measured median |")
-    assert tables[0][2].startswith("| atomic | **REGRESSED** | 0.833 | 0.667 | 0.000 | 42 (0) |")
-    assert tables[0][3].startswith("| extended | ok | 0.833 | 0.833 |")
-    assert (
-        tables[1][2] == "| capital-france | `[P,P,P,P,P,P,P]` | `[F,F,F,F,F,F,F]` | 1.00 → 0.00 |"
+    assert tables[0][0] == (
+        "| phase | verdict | effect [90 % interval] | p | minimum drop | samples (errored) | reason |"
     )
+    assert tables[0][2].startswith(
+        "| atomic | **REGRESSED** | -0.166 [-0.300, -0.050] | 0.010 | 0.000 | 42 (0) |"
+    )
+    assert tables[0][3].startswith("| extended | ok | +0.000 [-0.100, +0.100] | 0.500 |")
+    not_compared = check_markdown([replace(_result("new", False), effect=None, p_value=None)])
+    assert "| new | not compared | – | – | 0.000 | 42 (0) |" in not_compared
+    assert tables[1][0] == "| case | committed (passed/runs) | now (runs in order) | pass rate |"
+    assert tables[1][2] == "| capital-france | 7/7 | 0/7 `[F,F,F,F,F,F,F]` | 1.00 → 0.00 |"
     assert "### Cases of atomic that pass less often" in md
     assert "- extended: nothing to compare" in md
     assert "- atomic: new-case" in md
@@ -223,7 +233,7 @@ def test_the_report_of_an_example_cycle_renders(
     summary = pytester.path / "summary.md"
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     run = ("--selfopt", "-p", "no:cacheprovider", "benchmarks", "--selfopt-report=r.md")
-    result = pytester.runpytest_subprocess(*run)
+    result = run_session(pytester, *run)
     assert result.ret == 0, result.stdout.str()
     md = (pytester.path / "r.md").read_text(encoding="utf-8")
     assert summary.read_text(encoding="utf-8") == md + "\n"

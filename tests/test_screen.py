@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 from suites import copy_example, decisions, history
+from suites import run as run_session
 
 from pytest_selfopt.loop.cycle import close_cycle, plan_cycle
 from pytest_selfopt.loop.generate import cooling_down
@@ -178,7 +179,11 @@ def test_the_leader_is_held_the_others_screened_out_and_nothing_promoted() -> No
     for label in ("timeout_s=120", "retries=2", "isolation=i1"):
         assert verdicts[label][0] == REJECT
         assert verdicts[label][1].startswith("REJECT: screened out: 12 passes on runs 1..3")
-    assert not out.promoted and atomic.baseline_after is atomic.baseline_before
+    assert not out.promoted and atomic.winner is None
+    # the champion is unchanged; only its first measurement is committed (learn.py)
+    after, before = atomic.baseline_after, atomic.baseline_before
+    assert (after.spec, after.promoted_in_cycle) == (before.spec, before.promoted_in_cycle)
+    assert after.reference == atomic.stats[BASE.id].reference()
     assert atomic.stats[ATOMIC.id].runs == 3 and atomic.stats[BASE.id].runs == 7
     assert atomic.enforced[0] == "screened 4 candidates on 3 of 7 runs: 96 items saved"
     (pending,) = out.pending
@@ -281,7 +286,7 @@ def test_example_screens_then_confirms_variant_in_a_real_session(
     gates = {"min_samples": 3, "max_variance": 0.0025, "min_restraint": 0.8, "screen_runs": 3}
     copy_example(pytester, gates=gates, max_candidates=4)
     args = ("--selfopt", "-p", "no:cacheprovider", "-v", "benchmarks")
-    first = pytester.runpytest_subprocess(*args)
+    first = run_session(pytester, *args)
     assert first.ret == 0, first.stdout.str()
     out = first.stdout.str()
     # items: baselines 7 runs, the 4 search candidates of each phase only r1..r3
@@ -302,7 +307,7 @@ def test_example_screens_then_confirms_variant_in_a_real_session(
     enforced = one["phases"]["atomic"]["enforced"]
     assert "screened 4 candidates on 3 of 7 runs: 96 items saved" in enforced
 
-    second = pytester.runpytest_subprocess(*args)
+    second = run_session(pytester, *args)
     assert second.ret == 0, second.stdout.str()
     two = history(pytester)[1]
     atomic = two["phases"]["atomic"]

@@ -28,7 +28,6 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / ".github" / "workflows"
 SHARDS_WORKFLOW = WORKFLOWS / "selfopt-shards.yml"
 FILES = ("baseline.yaml", "routing.yaml", "history.json", "decisions.log")
-XDIST = [pytest.param([], id="serial"), pytest.param(["-n", "2"], id="xdist")]
 
 
 def committed(root: Path) -> dict[str, bytes]:
@@ -74,6 +73,7 @@ def decide(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, 
     return status, [line for line in out.splitlines() if line], err
 
 
+@pytest.mark.slow  # one shard with xdist workers
 def test_three_shards_decide_as_one_session_serially_and_with_xdist(
     pytester: pytest.Pytester, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -179,6 +179,7 @@ def test_refused_shard_sets_name_the_file_and_write_nothing(
     assert set(committed(pytester.path)) == set(FILES)
 
 
+@pytest.mark.slow  # two sessions with xdist workers
 @pytest.mark.parametrize("race", [[], ["--selfopt-race-after=2"]], ids=["plain", "racing"])
 def test_tx_gateways_elsewhere_write_the_files_of_n2(
     pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory, race: list[str]
@@ -239,13 +240,15 @@ def workflow_files() -> list[Path]:
     return sorted([*WORKFLOWS.glob("*.yml"), *WORKFLOWS.glob("*.yaml")])
 
 
-@pytest.mark.parametrize("path", workflow_files(), ids=lambda p: p.name)
-def test_workflow_files_validate_against_the_github_schema(path: Path) -> None:
-    """The schema ships inside check-jsonschema (vendored): no network needed."""
+def test_workflow_files_validate_against_the_github_schema() -> None:
+    """The schema ships inside check-jsonschema (vendored): no network needed. One process
+    checks every file (each start costs a second); its output names the failing file."""
     pytest.importorskip("check_jsonschema")
+    paths = workflow_files()
+    assert SHARDS_WORKFLOW in paths
     proc = subprocess.run(
         [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows",
-         str(path)],
+         *map(str, paths)],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -288,19 +291,27 @@ def test_docs_show_the_shards_workflow_as_it_is() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("xdist", XDIST)
 def test_the_example_in_three_shards_writes_the_files_of_one_session(
-    pytester: pytest.Pytester, capsys: pytest.CaptureFixture[str], xdist: list[str]
+    pytester: pytest.Pytester, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The repository's example suite, the matrix size and commands of the shards workflow."""
+    """The repository's example suite, the matrix size and commands of the shards workflow.
+
+    One session on two xdist workers, then the workflow's N shards: shard 2 with two xdist
+    workers inside, the others serially. Closed together they print and write what the xdist
+    session did: neither the split nor the worker count changes the cycle (the inline suite
+    above shows the same against a serial session)."""
     copy_example(pytester)
-    whole = pytester.runpytest("benchmarks", "--selfopt", *xdist)
+    whole = pytester.runpytest("benchmarks", "--selfopt", "-n", "2")
     assert whole.ret == 0
     reference, summary = committed(pytester.path), section(whole.stdout.str())
+    assert set(reference) == set(FILES)
     shutil.rmtree(pytester.path / "baselines")
     n = len(shards_workflow()["jobs"]["shard"]["strategy"]["matrix"]["shard"])
-    run_shards(pytester, n, "--selfopt", *xdist)
+    assert n >= 2  # shard 2 is the one with workers
+    for k in range(1, n + 1):
+        run_shards(pytester, n, "--selfopt", *(["-n", "2"] if k == 2 else []), only=k)
     status, lines, err = decide(capsys, "shards/*.jsonl")
     assert status == 0, err
+    assert lines[0].startswith(f"selfopt decide: {n} shard(s) of cycle 1, 420 sample(s)")
     assert lines[1:] == summary
     assert committed(pytester.path) == reference

@@ -252,8 +252,9 @@ def test_keep_alive_reuses_one_connection_and_fresh_clients_do_not(sim_server: S
 
 
 def test_sixty_concurrent_requests_all_answered(sim_server: Start) -> None:
-    # 1 s of simulated latency (at time_scale 0.5) keeps every request in flight together
-    server = sim_server({"lfm": {**GOOD, "latency_s": 2.0}}, time_scale=0.5)
+    # 3 s of real latency (6 s simulated at time_scale 0.5) keeps every request in flight
+    # together, even on a machine busy enough that 60 threads take a second to start sending
+    server = sim_server({"lfm": {**GOOD, "latency_s": 6.0}}, time_scale=0.5)
     barrier = threading.Barrier(60)
 
     def one(i: int) -> str:
@@ -365,3 +366,18 @@ def test_main_reports_a_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture
     err = capsys.readouterr().err
     assert str(config) in err and "models.lfm.flaky" in err
     assert main(["--config", str(tmp_path / "missing.yaml"), "--port", "0"]) == 2
+
+
+def test_a_request_leaves_in_flight_before_its_answer_reaches_the_client(
+    sim_server: Start,
+) -> None:
+    """Serial calls must read as one in flight even when the next goes out on another
+    connection the moment an answer is complete (another spec's kept client does that)."""
+    server = sim_server({"lfm": GOOD})
+    seen = []
+    with httpx.Client() as first, httpx.Client() as second:
+        for i in range(20):
+            assert chat(first if i % 2 else second, server).status_code == 200
+            seen.append(server.stats()["in_flight"])
+    assert seen == [0] * 20
+    assert server.stats()["max_in_flight"] == 1

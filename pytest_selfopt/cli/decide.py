@@ -255,10 +255,10 @@ def close(
         *finished.power,
         *finished.curve,
     ]
-    status = EXIT_OK
+    status = EXIT_FAILED if finished.failed else EXIT_OK
     if finished.undecided:
-        lines.append("could not decide (every sample errored): " + "; ".join(finished.undecided))
-        status = EXIT_FAILED
+        lines.append("could not decide (no samples): " + "; ".join(finished.undecided))
+    lines = [*finished.outages, *lines, *finished.outages]  # first and last: read in a hurry
     failures = sum(not s.passed for s in collected.samples)
     if failures:
         lines.append(

@@ -2,7 +2,9 @@
 
 The baseline never gets worse: only a promoted candidate replaces it. Without a winner the
 committed baseline is returned *unchanged* (not refreshed with this cycle's re-measurement),
-so a cycle that promotes nothing leaves ``baseline.yaml`` byte-identical.
+so a cycle that promotes nothing leaves ``baseline.yaml`` byte-identical — except once: a
+champion never measured (``initial``) gets its first usable measurement (metrics and per-case
+``reference``), so that ``--selfopt-check`` can guard it.
 
 ``history_entry`` is the JSON-able record of one cycle (history.json), keys in this fixed
 order, builtins only::
@@ -15,7 +17,7 @@ order, builtins only::
          "winner": spec id | None,
          "candidates": [{"spec_id", "label", "origin", "spec", "metrics", "decision"}],
              (origin "screen": ran runs 1..k only, metrics["runs"] says k)
-         "patterns": {spec_id: {case_id: "[F,P,...]"}},   (run order)
+         "patterns": {spec_id: {case_id: "[F,P,...]"}},   (run order; on disk "FP...": store/historyform.py)
          "diagnoses": [...], "recommendations": [...], "enforced": [...],
          "next": Outlook.to_dict(): {"planned", "waiting", "cooling_down", "retired"}}},
      "pending": [PendingCandidate.to_dict()]}
@@ -27,9 +29,11 @@ A candidate's ``decision`` carries its ``cause`` (``types.Cause``) and ``estimat
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from pytest_selfopt.loop.decide import pick_winner
+from pytest_selfopt.loop.diagnose import outage
 from pytest_selfopt.loop.outcome import CycleOutcome, PhaseOutcome
 from pytest_selfopt.loop.types import (
     Candidate,
@@ -53,10 +57,11 @@ def learn(
     baseline_before: PhaseBaseline,
     cycle: int,
 ) -> tuple[Candidate | None, PhaseBaseline]:
-    """The winning candidate (or None) and the phase's baseline after this cycle."""
+    """The winning candidate (or None) and the phase's baseline after this cycle: the winner
+    with its evidence, or the committed champion (measured once, ``first_measurement``)."""
     best = pick_winner(decisions, stats)
     if best is None:
-        return None, baseline_before
+        return None, first_measurement(baseline_before, stats.get(baseline_before.spec.id))
     winner = next(c for c in plan.candidates if c.spec.id == best.spec_id)
     after = PhaseBaseline(
         phase=phase,
@@ -64,8 +69,28 @@ def learn(
         metrics=stats[best.spec_id].metrics(),
         promoted_in_cycle=cycle,
         reason=f"{best.label}: {best.reason}",
+        reference=stats[best.spec_id].reference(),
     )
     return winner, after
+
+
+def first_measurement(baseline: PhaseBaseline, measured: SpecStats | None) -> PhaseBaseline:
+    """The committed champion with its first usable measurement filled in.
+
+    A champion that was never measured (``initial``) or committed without per-case evidence
+    gets this cycle's measurement, once, so ``--selfopt-check`` can guard it; a champion that
+    already has both is returned unchanged (no churn), as is one whose measurement this cycle
+    is unusable (no sample, or an outage: a service that did not answer vouches for nothing).
+    """
+    if baseline.metrics is not None and baseline.reference:
+        return baseline
+    if measured is None or not measured.samples or outage(measured) is not None:
+        return baseline
+    return replace(
+        baseline,
+        metrics=baseline.metrics if baseline.metrics is not None else measured.metrics(),
+        reference=dict(baseline.reference) or measured.reference(),
+    )
 
 
 def _baseline_record(baseline: PhaseBaseline) -> dict[str, Any]:

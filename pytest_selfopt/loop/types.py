@@ -260,6 +260,10 @@ class SpecStats:
             "errored": self.errored,
         }
 
+    def reference(self) -> dict[str, tuple[int, int]]:
+        """Per case ``(passed, runs)``: the compact evidence baseline.yaml commits."""
+        return {p.case_id: (sum(p.outcomes), len(p.outcomes)) for p in self.patterns}
+
 
 @dataclass(frozen=True)
 class GateResult:
@@ -415,9 +419,13 @@ class PhaseBaseline:
 
     phase: str
     spec: Spec
-    metrics: Mapping[str, Any] | None  # SpecStats.metrics() when measured; None for `initial`
+    metrics: Mapping[str, Any] | None  # SpecStats.metrics(); None until the phase is measured
     promoted_in_cycle: int  # 0: the suite's initial spec, never measured through the gates
     reason: str
+    #: The champion's per-case evidence, ``case_id -> (passed, runs)`` (an errored run is a
+    #: failed run): what ``--selfopt-check`` compares today's counts with. Empty until the
+    #: phase is measured; set when the phase is first measured and when the champion changes.
+    reference: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,14 @@ every reference a simulated provider gets, so each cycle draws fresh simulated d
 Fallbacks are tried after the primary model gives up with any transport failure,
 non-retryable ones (``http_4xx``, ``config``) included: each model gets the spec's knobs.
 
+An endpoint that refuses connections (a server that is down) is not hammered: after
+``BREAKER_THRESHOLD`` consecutive ``connect`` failures on one endpoint (provider and URL) with no
+answer in between, its circuit opens; further attempts on it fail at once as ``connect``, with no
+backoff sleep and latency 0, and one real attempt is let through every ``BREAKER_RETRY_S`` of wall
+time; an answer (or any reply from the server) closes it. Per process, thread-safe. Samples stay
+``connect``, so the loop's outage diagnosis reads them as before; a down server's cycle takes
+seconds instead of every sample's backoff (docs/performance.md). Not for simulated time.
+
 Many threads may call ``ask`` at once (docs/performance.md, "Calls in flight"): every attempt
 and warm-up ping of a model that really waits first takes a permit from the model's
 :class:`~pytest_selfopt.models.ratelimit.Limiter` (``max_concurrency``, ``rpm``, ``tpm``, and
@@ -53,6 +61,7 @@ from pytest_selfopt.models.base import (
     Reply,
     Request,
     create_provider,
+    display_url,
 )
 from pytest_selfopt.models.ratelimit import Limiter, Limits, Permit
 from pytest_selfopt.models.sim import draw
@@ -62,6 +71,71 @@ BACKOFF_CAP_S = 8.0
 RETRY_AFTER_CAP_S = 30.0
 WARMUP_BUDGET = 5
 WARMUP_PROMPT = "ping"
+#: Consecutive connection failures on one endpoint that open its circuit.
+BREAKER_THRESHOLD = 5
+#: While open, one real attempt is let through this often (wall seconds).
+BREAKER_RETRY_S = 2.0
+
+
+class Breaker:
+    """One endpoint's circuit: closed while it answers; open after ``threshold`` consecutive
+    ``connect`` failures; then one trial attempt per ``retry_s`` (half-open), closed again by
+    any reply. Thread-safe: calls made ahead share it."""
+
+    def __init__(
+        self,
+        where: str,
+        *,
+        threshold: int = BREAKER_THRESHOLD,
+        retry_s: float = BREAKER_RETRY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.where = where
+        self.threshold = threshold
+        self.retry_s = retry_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._failures = 0
+        self._last_try = 0.0
+        self._trial = False  # a half-open trial attempt is out
+        self.short_circuited = 0  # attempts failed at once, for tests and reports
+
+    @property
+    def open(self) -> bool:
+        with self._lock:
+            return self._failures >= self.threshold
+
+    def allow(self) -> bool:
+        """Whether an attempt may go to the endpoint now (closed, or this is the trial)."""
+        with self._lock:
+            if self._failures < self.threshold:
+                return True
+            now = self._clock()
+            if not self._trial and now - self._last_try >= self.retry_s:
+                self._trial = True
+                self._last_try = now
+                return True
+            self.short_circuited += 1
+            return False
+
+    def record(self, kind: str | None) -> None:
+        """An attempt's outcome: ``connect`` counts, anything else (an answer, any reply, a
+        timeout) shows the endpoint is there and closes the circuit."""
+        with self._lock:
+            self._trial = False
+            if kind == "connect":
+                self._failures += 1
+                if self._failures == self.threshold:
+                    self._last_try = self._clock()
+            else:
+                self._failures = 0
+
+    def refusal(self) -> ProviderError:
+        return ProviderError(
+            "connect",
+            f"not tried: {self.threshold} consecutive connection failures to {self.where}; "
+            f"the circuit re-tries every {self.retry_s:g} s",
+        )
 
 
 class ModelLike(Protocol):
@@ -150,6 +224,7 @@ class Runner:
         self._clients: dict[tuple[Spec, str], Client] = {}
         self._warm: dict[tuple[str, str], threading.Lock] = {}  # (spec id, alias) warmed up
         self._limiters: dict[str, Limiter] = {}  # alias -> its limits in this process
+        self._breakers: dict[str, Breaker] = {}  # endpoint -> its circuit in this process
         self.warmup_attempts = 0  # unmeasured warm-up requests sent, for reports and tests
 
     # -- public ------------------------------------------------------------------------------
@@ -224,7 +299,14 @@ class Runner:
         """Up to ``1 + spec.retries`` attempts on one model; the reply, or None."""
         simulated_time = bool(provider.simulated_time)
         scale = _time_scale(provider)
+        breaker = None if simulated_time else self.breaker(provider, alias)
         for k in range(spec.retries + 1):
+            if breaker is not None and not breaker.allow():  # the endpoint is down: no wait
+                if tally.started_at is None:
+                    tally.started_at = time.time()
+                tally.attempts += 1
+                tally.failed(0.0, breaker.refusal())
+                return None
             ref = self._reference(provider, case, run, k + 1, spec)
             request = Request(
                 model=self._provider_model(alias),
@@ -257,8 +339,12 @@ class Runner:
                     else measured
                 )
                 tally.failed(latency, failure)
+                if breaker is not None:
+                    breaker.record(failure.kind)
                 if not failure.retryable or k == spec.retries:
                     return None
+                if breaker is not None and breaker.open:
+                    return None  # further attempts would be refused at once: no backoff
                 wait = self._backoff(k, _scaled_retry_after(failure, scale), ref, alias, tally)
                 if not simulated_time:
                     self._sleep(wait * scale)
@@ -270,8 +356,23 @@ class Runner:
                 else measured
             )
             tally.answered(latency, reply)
+            if breaker is not None:
+                breaker.record(None)
             return reply
         return None
+
+    def breaker(self, provider: Provider, alias: str) -> Breaker:
+        """The circuit of the endpoint ``provider`` sends to (its URL; the alias when it has
+        none), shared by every model that points there."""
+        options = getattr(provider, "options", None)
+        url = getattr(provider, "url", None) or getattr(options, "base_url", None)
+        key = f"{type(provider).__name__} {url}" if isinstance(url, str) else f"alias {alias}"
+        with self._lock:
+            found = self._breakers.get(key)
+            if found is None:
+                where = display_url(url) if isinstance(url, str) else alias
+                found = self._breakers[key] = Breaker(where)
+            return found
 
     def _client(self, spec: Spec, alias: str, provider: Provider) -> Client:
         """``i1``: a fresh client for this call; ``i0``: the kept one."""

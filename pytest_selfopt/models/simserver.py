@@ -121,6 +121,7 @@ class _Handler(BaseHTTPRequestHandler):
             st.bump("requests")
             st.bump("by_path", route)
             st.bump("in_flight")
+            self._counted = True
             anthropic = route in ANTHROPIC_ROUTES
             try:
                 self._api(route, raw, anthropic=anthropic)
@@ -129,7 +130,7 @@ class _Handler(BaseHTTPRequestHandler):
             except OSError:  # the client went away (timed out): nothing to answer
                 self.close_connection = True
             finally:
-                st.bump("in_flight", n=-1)
+                self._uncount()
         else:
             self._json(404, {"error": {"message": f"no route {route}", "type": "not_found"}})
 
@@ -228,6 +229,21 @@ class _Handler(BaseHTTPRequestHandler):
         st.bump("statuses", "200")
 
     # -- plumbing ------------------------------------------------------------------------------
+
+    #: This request is counted in ``in_flight`` until its answer starts (see :meth:`end_headers`).
+    _counted = False
+
+    def end_headers(self) -> None:
+        """The answer starts: the request leaves ``in_flight`` first. Counted after the answer
+        was written, a client fast enough to send its next call (on another connection) the
+        moment an answer is complete saw two calls in flight where it makes one at a time."""
+        self._uncount()
+        super().end_headers()
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.server.state.bump("in_flight", n=-1)
 
     def _body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)

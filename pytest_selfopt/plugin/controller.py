@@ -12,14 +12,14 @@ import shlex
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_selfopt.plugin import racing
+from pytest_selfopt.plugin import racing, startup
 from pytest_selfopt.plugin.codec import Collected, payload_of
 from pytest_selfopt.plugin.items import CONFIG_ERROR_MARK, collection_error
 from pytest_selfopt.plugin.prefetch import OUTPUT_KEY as PREFETCH_OUTPUT_KEY
@@ -51,6 +51,8 @@ CONFIG_ERROR_KEY = "selfopt_config_error"
 #: The name the controller is registered under (the ``selfopt loop`` probe reads ``prepared``).
 CONTROLLER_NAME = "selfopt_controller"
 BROKEN = "incomplete session, nothing written:"
+#: The one line of a Ctrl-C before any item ran (docs/reliability.md, "... Ctrl-C is one line").
+INTERRUPTED_EARLY = "interrupted before any test ran: nothing was run or written"
 
 
 class Controller:
@@ -70,6 +72,10 @@ class Controller:
         self.identity: Identity | None = None
         self.start_notes: list[str] = []
         self.prefetch_parts: list[PrefetchStats] = []
+        self.started = False  # pytest_sessionstart ran (pytest calls sessionfinish)
+        self.interrupted = False  # a KeyboardInterrupt ended the session
+        self.written: list[str] = []  # the committed files this session wrote
+        self.shown = False  # the summary was printed (pytest_terminal_summary)
 
     @property
     def shipment(self) -> Any:
@@ -187,6 +193,34 @@ class Controller:
         )
         return result
 
+    def pytest_sessionstart(self) -> None:
+        self.started = True
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        """A Ctrl-C under selfopt ends in the selfopt summary's lines, without pytest's
+        "KeyboardInterrupt" banner and source location (``--full-trace`` keeps them): the
+        summary says what was kept and how to resume. Before the session started pytest
+        prints nothing at all, so this says it in one line."""
+        if not isinstance(excinfo.value, KeyboardInterrupt) or not self.state.measuring:
+            return
+        if isinstance(excinfo.value, pytest.Session.Interrupted):
+            return  # pytest's own stop (collection errors), not a Ctrl-C
+        self.interrupted = True
+        if self.config.getoption("fulltrace", False):
+            return
+        # pytest's banner has no public switch: its terminal reporter prints it from the memo
+        # at unconfigure (before the session started) or at sessionfinish. Either private
+        # name missing (another pytest): the banner stays, nothing breaks.
+        reporter: Any = self.config.pluginmanager.get_plugin("terminalreporter")
+        if not self.started and hasattr(reporter, "_keyboardinterrupt_memo"):
+            reporter._keyboardinterrupt_memo = None
+        elif self.started and hasattr(reporter, "_report_keyboardinterrupt"):
+            reporter._report_keyboardinterrupt = lambda: None
+        if not self.started:
+            sys.stderr.write(f"selfopt: {INTERRUPTED_EARLY}\n")
+            sys.stderr.flush()
+
     # -- reports -------------------------------------------------------------------------
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed:
@@ -240,6 +274,36 @@ class Controller:
             return
         if self.config.getoption("collectonly"):
             return
+        with quiet_interrupt(self.config, self._interrupted_line, self._before_exit):
+            self._finish(session, exitstatus)
+
+    def _interrupted_line(self) -> str:
+        """What a Ctrl-C after the cycle was closed (or given up) says, in one line."""
+        if self.written:
+            return "interrupted after the cycle was closed; its files are complete"
+        if self.journal is not None and self.journal.count and self.summary[:1] == [BROKEN]:
+            return (
+                f"interrupted; nothing written; {self.journal.count} sample(s) kept in "
+                f"{_shown(self.journal.path)} (--selfopt-resume finishes the cycle)"
+            )
+        return "interrupted; nothing written"
+
+    def _before_exit(self) -> None:
+        """Before the process ends at once: the summary shown (a Ctrl-C during xdist's
+        teardown comes before pytest's terminal summary), the journal flushed, the lock
+        given back."""
+        if not self.shown and self.summary:
+            try:
+                sys.stdout.write("".join(f"{line}\n" for line in self.summary))
+                sys.stdout.flush()
+            except (OSError, RuntimeError, ValueError):
+                pass
+        if self.journal is not None:
+            self.journal.close()
+        if self.prepared is not None and self.prepared.lock is not None:
+            self.prepared.lock.release()
+
+    def _finish(self, session: pytest.Session, exitstatus: int) -> None:
         closed = self.close(session, exitstatus)
         if self.journal is not None:
             if self.summary and self.summary[0].startswith(BROKEN):
@@ -255,6 +319,9 @@ class Controller:
                     )
             else:
                 self.journal.discard()
+        nothing_ran = not self.collected.samples and not self.collected.finished_items
+        if self.interrupted and nothing_ran and not self.resumed:
+            self.summary = [INTERRUPTED_EARLY]  # while collecting: the rest would be noise
         if self.resumed:
             self.summary.insert(
                 0, f"resumed: {self.resumed} sample(s) from the journal, not run again"
@@ -343,22 +410,23 @@ class Controller:
             return False
         dry_run = bool(option("selfopt_dry_run"))
         try:
-            with quiet_interrupt(self.config):
-                finished = orchestrate.finish(
-                    prepared,
-                    plans,
-                    samples,
-                    policy=self.policy,
-                    dry_run=dry_run,
-                    report_path=report_path,
-                    json_path=_path(option("selfopt_json")),
-                    raced=self.board.raced if self.board else None,
-                    notes=notes,
-                )
+            # Ctrl-C is held meanwhile (pytest_sessionfinish, quiet_interrupt).
+            finished = orchestrate.finish(
+                prepared,
+                plans,
+                samples,
+                policy=self.policy,
+                dry_run=dry_run,
+                report_path=report_path,
+                json_path=_path(option("selfopt_json")),
+                raced=self.board.raced if self.board else None,
+                notes=notes,
+            )
         except FilesError as exc:
             self.summary = [f"nothing written: {exc}"]
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
             return False
+        self.written = list(finished.written)
         from pytest_selfopt.report.terminal import terminal_lines
 
         width = max(self.config.get_terminal_writer().fullwidth, 80)
@@ -380,9 +448,10 @@ class Controller:
             pytest.ExitCode.TESTS_FAILED if session.testsfailed else pytest.ExitCode.OK
         )
         if finished.undecided:
-            self.summary.append(
-                "could not decide (every sample errored): " + "; ".join(finished.undecided)
-            )
+            self.summary.append("could not decide (no samples): " + "; ".join(finished.undecided))
+        if finished.outages:  # said first, so a person in a hurry reads it
+            self.summary = [*finished.outages, *self.summary, *finished.outages]
+        if finished.failed:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
         return True
 
@@ -404,6 +473,7 @@ class Controller:
         return problems + self.collected.problems(session.testscollected, shipment)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        self.shown = True
         self.summary = [*self.start_notes, *self.summary]
         if self.summary:
             terminalreporter.write_sep("=", "selfopt")
@@ -428,6 +498,16 @@ class ControllerXdist:
         if data is not None:
             self.controller.prefetch_parts.append(PrefetchStats.from_dict(data))
 
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
+        """Under a cycle or a check, xdist's default ``load`` mode becomes a fixed assignment
+        (plugin/schedule.py); any other ``--dist`` is the user's choice and kept."""
+        from pytest_selfopt.plugin.schedule import StaticScheduling, wants_static
+
+        state = self.controller.state  # a plain run has a shipment too (the routes)
+        if not state.measuring or state.shipment is None or not wants_static(config):
+            return None
+        return StaticScheduling(config, log)
+
     def pytest_configure_node(self, node: Any) -> None:
         state = self.controller.state
         if state.config_error is not None:
@@ -449,32 +529,49 @@ class ControllerXdist:
 
 
 @contextmanager
-def quiet_interrupt(config: pytest.Config) -> Iterator[None]:
-    """Ctrl-C waits while the cycle is decided and written, then ends the process at once with
-    one line and exit status 2: the files are complete, and a traceback from xdist's teardown
-    would only make people believe nothing was written (docs/architecture.md)."""
+def quiet_interrupt(
+    config: pytest.Config, line: Callable[[], str], before_exit: Callable[[], None]
+) -> Iterator[None]:
+    """Ctrl-C waits while the cycle is closed (decided and written, or given up), then, until
+    the process ends, ends it at once with ``line()`` and exit status 2: a traceback from
+    xdist's teardown or another plugin's sessionfinish would only make people believe nothing
+    was written (docs/reliability.md). ``before_exit`` runs first (summary, journal, lock)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def after_write(signum: int, frame: object) -> None:
-        sys.stderr.write(
-            "\nselfopt: interrupted after the cycle was closed; its files are complete\n"
-        )
-        sys.stderr.flush()
-        os._exit(2)
+        try:
+            sys.stdout.flush()  # the summary printed so far; os._exit would drop it
+        except (OSError, RuntimeError, ValueError):
+            pass
+        try:
+            before_exit()
+        finally:
+            os.write(2, f"\nselfopt: {line()}\n".encode())
+            os._exit(2)
 
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    # The handler is swapped, not the signal mask: the kernel may hand SIGINT to another
+    # thread (prefetch), and Python then runs the handler in the main thread anyway.
+    received: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        received.append(signum)
+
+    previous = signal.signal(signal.SIGINT, hold)
     try:
         yield
     finally:
-        previous = signal.signal(signal.SIGINT, after_write)
+        signal.signal(signal.SIGINT, after_write)
 
         def restore() -> None:
-            signal.signal(signal.SIGINT, previous)
+            if startup.owns_process():  # only the interpreter's exit is left: stay quiet
+                return
+            signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
 
         config.add_cleanup(restore)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        if received:
+            signal.raise_signal(signal.SIGINT)
 
 
 def _shown(path: Path) -> str:

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+# First of the plugin's own imports: a Ctrl-C from here on is one line (plugin/startup.py).
+from pytest_selfopt.plugin import startup  # isort: skip
 from pytest_selfopt.argtypes import (
     non_negative_int,
     output_path,
@@ -36,7 +38,7 @@ from pytest_selfopt.plugin.llm import LLM
 from pytest_selfopt.plugin.racing import CHANNEL_KEY, ChannelRaceReader
 from pytest_selfopt.plugin.shard import parse_shard
 from pytest_selfopt.plugin.state import LLM_KEY, STATE_KEY, SessionState
-from pytest_selfopt.plugin.worker import Worker
+from pytest_selfopt.plugin.worker import Worker, running_item
 from pytest_selfopt.store.journal import file_digest
 from pytest_selfopt.suite.cases import CHECK_RECORDER
 
@@ -153,6 +155,7 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     controller = Controller(config, state)
     config.pluginmanager.register(controller, CONTROLLER_NAME)
+    startup.release()  # the controller handles a Ctrl-C from here on (pytest_keyboard_interrupt)
     controller.prepare()
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(ControllerXdist(controller), "selfopt_xdist")
@@ -193,11 +196,16 @@ def selfopt_point() -> Point | None:
 
 
 @pytest.fixture
-def llm(request: pytest.FixtureRequest, selfopt_point: Point | None) -> Iterator[LLM]:
-    """A model bound to this item's spec: (spec, run) under --selfopt, else the routed spec."""
-    state = request.config.stash[STATE_KEY]
+def llm(selfopt_point: Point | None) -> Iterator[LLM]:
+    """A model bound to this item's spec: (spec, run) under --selfopt, else the routed spec.
+
+    The item comes from the worker (``running_item``), not from ``request``: asking for
+    ``request`` costs a new fixture definition per item (plugin/worker.py)."""
+    node = running_item()
+    if node is None:  # the Worker plugin records every item it sets up; never expected
+        raise RuntimeError("the llm fixture was set up outside a test item")
+    state = node.config.stash[STATE_KEY]
     runner = state.get_runner()
-    node = request.node
     case = case_of(node)
     if selfopt_point is not None:
         obj = LLM(runner, selfopt_point.spec, selfopt_point.phase, case, selfopt_point.run)

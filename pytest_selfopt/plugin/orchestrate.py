@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from pytest_selfopt.loop.cycle import close_cycle, plan_cycle
 from pytest_selfopt.loop.learn import history_entry, pending_from_history, tried_from_history
 from pytest_selfopt.loop.outcome import CycleOutcome
 from pytest_selfopt.loop.policies.base import GatePolicy
-from pytest_selfopt.loop.types import LoopSettings, LoopState, PhasePlan, Route, Sample
+from pytest_selfopt.loop.types import Cause, LoopSettings, LoopState, PhasePlan, Route, Sample
 from pytest_selfopt.plugin.codec import Shipment
 from pytest_selfopt.plugin.racing import RacedOut, RacedPolicy, decided_samples
 from pytest_selfopt.report.jsondoc import json_document
@@ -202,10 +202,65 @@ def fallbacks_after(settings: LoopSettings, model: str) -> tuple[str, ...]:
 class Finished:
     outcome: CycleOutcome
     written: list[str]
-    undecided: list[str]  # specs whose every sample errored
+    undecided: list[str]  # candidates (and baselines) that had no sample to decide on
     markdown: str
     power: list[str]  # per phase: the minimum detectable effect, and "underpowered" when so
     curve: list[str]  # baseline accuracy over the cycles, this one included
+    outages: list[str] = field(default_factory=list)  # one line per model that did not answer
+    total_outage: bool = False  # every phase's baseline was in an outage: nothing written
+
+    @property
+    def failed(self) -> bool:
+        """The cycle could not decide something it was asked to: exit 1 (README, exit codes)."""
+        return bool(self.undecided or self.outages)
+
+
+#: Decisions made for want of data, not from it (``Cause.is_try`` is False for these).
+NO_DATA = frozenset({Cause.NO_SAMPLES, Cause.NO_COMMON_CASE})
+
+#: What a person reads for an outage's error kind (``loop.types.OUTAGE_ERROR_KINDS``).
+OUTAGE_WORDS = {
+    "connect": "could not connect (connection refused, host unreachable or DNS)",
+    "http_5xx": "server errors (HTTP 5xx)",
+    "http_4xx": "requests refused (HTTP 4xx: a bad key, model name or URL?)",
+    "http_429": "rate limited (HTTP 429) on every retry",
+    "protocol": "replies that are not the API's (dropped connections or malformed bodies)",
+    "config": "a configuration error (a missing API key?)",
+}
+
+
+def endpoint(config: SuiteConfig, model: str) -> str:
+    """Where ``model`` is served, fit for a log line: its ``base_url`` without credentials,
+    or its provider (``sim``: in-process)."""
+    entry = config.models.get(model)
+    if entry is None:
+        return "an unknown endpoint"
+    url = entry.options.get("base_url")
+    if isinstance(url, str) and url:
+        from pytest_selfopt.models.base import display_url
+
+        return display_url(url)
+    return f"provider {entry.provider}"
+
+
+def outage_lines(outcome: CycleOutcome, config: SuiteConfig) -> list[str]:
+    """One line per model and error kind in an outage (docs/loop.md, "Outages"): who, where,
+    what, how many, and that nothing was derived from it."""
+    totals: dict[tuple[str, str], list[int]] = {}
+    for d in outcome.outages:
+        count = totals.setdefault((d.model, d.error_kind or "error"), [0, 0, 0])
+        count[0] += d.failures
+        count[1] += d.samples
+        count[2] += 1
+    lines = []
+    for (model, kind), (failed, samples, specs) in sorted(totals.items()):
+        what = OUTAGE_WORDS.get(kind, kind)
+        lines.append(
+            f"outage: model {model or '?'} at {endpoint(config, model)}: {failed} of {samples} "
+            f"samples ({specs} spec(s)) failed with {kind}: {what}; nothing was decided or "
+            "recommended from them — check the server and the key, then run the cycle again"
+        )
+    return lines
 
 
 def finish(
@@ -223,7 +278,10 @@ def finish(
     """Close the cycle and write its files (unless a dry run). Raises FilesError on refusal.
 
     ``raced``: candidates given up by racing, REJECTed on their runs up to the race
-    (``racing.py``); every sample still goes to ``json_path``."""
+    (``racing.py``); every sample still goes to ``json_path``. A cycle in which every
+    phase's baseline was in an outage measured the service, not the models: it writes
+    nothing (docs/loop.md, "Outages"), so the next healthy cycle is the one that would have
+    run."""
     decided = decided_samples(samples, raced) if raced else list(samples)
     if raced:
         policy = RacedPolicy(policy, raced)
@@ -232,17 +290,26 @@ def finish(
         f"{po.phase}: {d.label}"
         for po in outcome.phases
         for d in po.decisions
-        if d.reason.startswith("HOLD: could not decide")
+        if d.cause in NO_DATA
     ]
-    baseline_stats = [po.stats.get(po.plan.baseline.id) for po in outcome.phases]
     undecided += [
-        f"{st.phase}: baseline"
-        for st in baseline_stats
-        if st and st.samples and st.errored == st.samples
+        f"{po.phase}: baseline"
+        for po in outcome.phases
+        if po.plan.candidates and not po.stats[po.plan.baseline.id].samples
     ]
+    outages = outage_lines(outcome, prepared.config)
+    down = {(d.phase, d.spec_id) for d in outcome.outages}
+    total_outage = bool(outcome.phases) and all(
+        (po.phase, po.plan.baseline.id) in down for po in outcome.phases
+    )
+    if total_outage and not dry_run:
+        outages.append(
+            "nothing written: every phase's baseline was in an outage, so the cycle measured "
+            "the service, not the models; the next healthy cycle runs this plan again"
+        )
     written: list[str] = []
     entry = history_entry(outcome)
-    if not dry_run:
+    if not dry_run and not total_outage:  # an outage: the next healthy cycle takes its place
         changed = files.write_cycle(
             prepared.baselines_dir,
             baselines={
@@ -275,7 +342,14 @@ def finish(
     curve = ["baseline accuracy (median run accuracy), start -> after each cycle:"]
     curve += [f"  {line}" for line in curve_lines(history)]
     return Finished(
-        outcome, written, undecided, text, power_lines(outcome, prepared.settings.gates), curve
+        outcome,
+        written,
+        undecided,
+        text,
+        power_lines(outcome, prepared.settings.gates),
+        curve,
+        outages=outages,
+        total_outage=total_outage,
     )
 
 
@@ -316,7 +390,6 @@ def check(
 
     stats = evaluate(list(samples))
     history = prepared.committed.history
-    last_patterns: Mapping[str, Any] = {}
     results = []
     notes: list[str] = []
     for phase, plan in sorted(plans.items()):
@@ -324,21 +397,27 @@ def check(
         committed = prepared.committed.baselines.get(phase)
         if measured is None:
             continue
-        if committed is None or committed.metrics is None:
-            notes.append(f"{phase}: no measured baseline committed yet; nothing to compare")
+        if committed is None:
+            notes.append(f"{phase}: no baseline committed yet; run `pytest --selfopt` first")
             continue
-        for entry in reversed(history):
-            rec = entry.get("phases", {}).get(phase)
-            if rec and committed.spec.id in rec.get("patterns", {}):
-                last_patterns = rec["patterns"][committed.spec.id]
-                break
-        else:
-            last_patterns = {}
-        results.append(
-            check_regression(
-                phase, committed, measured, last_patterns or None, prepared.settings.gates
-            )
+        history_patterns: Mapping[str, str] = {}
+        if not committed.reference:  # files from before baseline.yaml carried the reference
+            for entry in reversed(history):
+                rec = entry.get("phases", {}).get(phase)
+                if rec and committed.spec.id in rec.get("patterns", {}):
+                    history_patterns = rec["patterns"][committed.spec.id]
+                    break
+        result = check_regression(
+            phase,
+            committed,
+            measured,
+            prepared.settings.gates,
+            history_patterns=history_patterns,
         )
+        if result.effect is None and not result.regressed:
+            notes.append(f"{phase}: {result.reason}")
+            continue
+        results.append(result)
     lines = check_terminal_lines(results, notes=notes)
     text = check_markdown(results, notes=notes)
     if report_path is not None:

@@ -40,9 +40,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
+from pytest_selfopt.loop.policies.base import undecidable
 from pytest_selfopt.loop.types import (
     REJECT,
     Candidate,
+    Cause,
     Decision,
     GateSettings,
     LoopSettings,
@@ -109,7 +111,9 @@ class RaceRule:
 
 
 def _undecidable(stats: SpecStats) -> bool:
-    return stats.samples == 0 or stats.errored == stats.samples
+    """The policies' own rule (no sample, or an outage): racing never decides what they
+    would not; an errored sample is otherwise a failed one, for racing as for the gates."""
+    return undecidable(stats, "") is not None
 
 
 def seed_cannot_win(
@@ -337,7 +341,7 @@ class RacedPolicy:
     ) -> tuple[Decision, ...]:
         decisions = self.inner.decide(phase, baseline, candidates, settings, labels)
         return tuple(
-            replace(d, verdict=REJECT, reason=r.decision_reason)
+            replace(d, verdict=REJECT, cause=Cause.RACED, reason=r.decision_reason)
             if (r := self.raced.get((phase, d.spec_id))) is not None
             else d
             for d in decisions

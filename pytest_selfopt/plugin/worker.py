@@ -13,6 +13,7 @@ import os
 import traceback
 from collections import Counter
 from collections.abc import Generator
+from contextvars import ContextVar
 from typing import Any
 
 import pytest
@@ -25,7 +26,7 @@ from pytest_selfopt.plugin.prefetch import OUTPUT_KEY, Prefetcher, PrefetchStats
 from pytest_selfopt.plugin.shard import select_items
 from pytest_selfopt.plugin.state import LLM_KEY, SessionState
 from pytest_selfopt.suite.cases import Case
-from pytest_selfopt.suite.config import load_config
+from pytest_selfopt.suite.config import check_item_count, load_config
 from pytest_selfopt.suite.yamlread import ConfigError
 
 #: Fields of a sample shown as ``--junitxml`` properties, for people reading CI results.
@@ -37,6 +38,26 @@ JUNIT_FIELDS = (
 
 RACE_COUNT_KEY = pytest.StashKey[tuple[str, str, int, int]]()
 RACED_KEY = pytest.StashKey[bool]()
+#: The item being set up or run in this process: the ``llm`` fixture reads it here rather than
+#: asking for ``request`` (pytest builds a new request fixture definition for every fixture
+#: that asks for one: about 12 % of a test's time at high concurrency, perf's measurement).
+_RUNNING: ContextVar[pytest.Item | None] = ContextVar("selfopt_running_item", default=None)
+
+
+def running_item() -> pytest.Item | None:
+    return _RUNNING.get()
+
+
+def _variants(definition: Any) -> int:
+    """How many items one function's own ``parametrize`` marks make (their product)."""
+    count = 1
+    for mark in definition.iter_markers("parametrize"):
+        values = mark.args[1] if len(mark.args) > 1 else mark.kwargs.get("argvalues", ())
+        try:
+            count *= max(len(values), 1)
+        except TypeError:  # an iterator: pytest counts it itself
+            pass
+    return count
 
 
 def worker_id() -> str:
@@ -49,6 +70,7 @@ class Worker:
         self.prefetcher: Prefetcher | None = None
         self.prefetch_checked = False  # whether this process calls ahead was settled
         self.prefetch_stats: PrefetchStats | None = None
+        self.planned_items = 0  # llm items parametrized so far in this process
 
     # -- collection ----------------------------------------------------------------------
     @pytest.hookimpl(trylast=True)
@@ -63,7 +85,28 @@ class Worker:
         plan = shipment.plan_for(phase)
         if plan is not None:
             params = points(plan, shipment.runs)
+            # Bounded before pytest makes the items: runs x specs x cases can be millions
+            # (docs/reliability.md, "Limits"); the error is this module's collection error.
+            self.planned_items += _variants(metafunc.definition) * len(params)
+            if self.state.config_path is not None:
+                check_item_count(self.state.config_path, self.planned_items, shipment.runs)
             metafunc.parametrize("selfopt_point", params, ids=[p.id for p in params])
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_make_collect_report(self, collector: pytest.Collector) -> Any:
+        """A bad cases file (or too many items) is one line naming the file and the key,
+        not a traceback through the loader: the message already says all there is."""
+        report = yield
+        call = getattr(report, "call", None)
+        excinfo = getattr(call, "excinfo", None)
+        if (
+            report.failed
+            and excinfo is not None
+            and isinstance(excinfo.value, ConfigError)
+            and not collector.config.getoption("fulltrace", False)
+        ):
+            report.longrepr = f"{type(excinfo.value).__name__}: {excinfo.value}"
+        return report
 
     def pytest_make_parametrize_id(self, config: pytest.Config, val: object) -> str | None:
         return val.id if isinstance(val, Case) else None
@@ -159,6 +202,7 @@ class Worker:
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         """A raced-out candidate's item is skipped before any fixture or model call."""
+        _RUNNING.set(item)  # before any fixture of the item is set up
         race = self.state.race
         point = point_of(item) if race is not None else None
         if point and race and (why := race.reason_for(point.phase, point.spec.id)):

@@ -119,10 +119,12 @@ def diagnosis_groups(phase: PhaseOutcome) -> list[_Group]:
 def group_title(group: _Group) -> str:
     """``4 stable, 2 cold_start`` over the spec's cases; a spec-level diagnosis (one per spec,
     not a case: ``case_id`` None) is named after the counts, never counted as a case."""
-    same = f" ({group.same} as baseline)" if group.same else ""
     spec_level = list(dict.fromkeys(d.kind for d in group.found if d.case_id is None))
-    tail = f"; spec-level: {', '.join(spec_level)}" if spec_level else ""
-    return f"{_counts(group.found)}{same}{tail}"
+    parts = [_counts(group.found)] + (
+        [f"spec-level: {', '.join(spec_level)}"] if spec_level else []
+    )
+    same = f" ({group.same} as baseline)" if group.same else ""
+    return "; ".join(p for p in parts if p) + same
 
 
 def _counts(found: Sequence[Diagnosis]) -> str:
@@ -265,7 +267,7 @@ def curve(history: Sequence[Mapping[str, Any]]) -> dict[str, list[tuple[int, flo
 def check_verdict(result: RegressionResult) -> str:
     if result.regressed:
         return "REGRESSED"
-    return "ok" if result.committed_median is not None else "not compared"
+    return "ok" if result.effect is not None else "not compared"
 
 
 def check_detail(result: RegressionResult) -> str:

@@ -337,6 +337,18 @@ def markdown(
 # --------------------------------------------------------------------------- check mode
 
 
+def _effect_text(result: RegressionResult) -> str:
+    """Today minus committed (mean per-case pass rate) with its 90 % interval; "–" when the
+    phase was not compared."""
+    if result.effect is None:
+        return "–"
+    text = f"{result.effect:+.3f}"
+    if result.interval is not None:
+        lo, hi = result.interval
+        text += f" [{lo:+.3f}, {hi:+.3f}]"
+    return text
+
+
 def check_markdown(results: Sequence[RegressionResult], *, notes: Sequence[str] = ()) -> str:
     """``--selfopt-check`` for a pull request: per phase the verdict, then the worse cases.
 
@@ -356,14 +368,14 @@ def check_markdown(results: Sequence[RegressionResult], *, notes: Sequence[str] 
                 [
                     escape_md(r.phase),
                     f"**{verdict}**" if r.regressed else verdict,
-                    fmt(r.committed_median, 3),
-                    fmt(r.measured_median, 3),
+                    _effect_text(r),
+                    "–" if r.p_value is None else f"{r.p_value:.3f}",
                     fmt(r.tolerance, 3),
                     f"{r.samples} ({r.errored})",
                     escape_md(check_detail(r)),
                 ]
             )
-        header = ["phase", "verdict", "committed median", "measured median", "tolerance"]
+        header = ["phase", "verdict", "effect [90 % interval]", "p", "minimum drop"]
         header += ["samples (errored)", "reason"]
         lines += ["", *_md_table(header, ["---", "---", "--:", "--:", "--:", "--:", "---"], rows)]
     for r in results:
@@ -373,13 +385,14 @@ def check_markdown(results: Sequence[RegressionResult], *, notes: Sequence[str] 
         rows = [
             [
                 escape_md(c.case_id),
-                _md_pattern(c.committed_pattern),
-                _md_pattern(c.measured_pattern),
+                escape_md(c.committed_pattern),  # committed evidence: passed/runs
+                f"{c.measured[0]}/{c.measured[1]} {_md_pattern(c.measured_pattern)}",
                 escape_md(rate_change(c)),
             ]
             for c in r.worse_cases
         ]
-        lines += _md_table(["case", "committed", "now", "pass rate"], ["---"] * 4, rows)
+        header = ["case", "committed (passed/runs)", "now (runs in order)", "pass rate"]
+        lines += _md_table(header, ["---"] * 4, rows)
     if notes:
         lines += ["", *[f"- {escape_md(note)}" for note in notes]]
     new = [r for r in results if r.new_cases]

@@ -153,9 +153,42 @@ def terminal_lines(
         for pending in outcome.pending:
             rec = pending.recommendation
             lines += wrap(f"  {clean(pending.phase)}: {clean(recommendation_text(rec))}", width)
+    held = _held_back_lines(outcome)
+    if held:
+        lines.append("")
+        lines.append(
+            "held back next cycle (tried again later, or retired until the baseline changes)"
+        )
+        for line in held:
+            lines += wrap(line, width, indent=6)
     lines.append("")
     for line in written_lines(written, dry_run, outcome.promoted):
         lines += wrap(line, width, indent=4)
+    return lines
+
+
+def _held_back_lines(outcome: CycleOutcome) -> list[str]:
+    """Per phase, the candidates the next cycle will not run and why: cooling down (until
+    which cycle) or retired. Untried ones that did not fit are listed as waiting."""
+    lines = []
+    for phase in outcome.phases:
+        if phase.outlook is None:
+            continue
+        outlook = phase.outlook.to_dict()
+        for key, word in (
+            ("cooling_down", "cooling down"),
+            ("retired", "retired"),
+            ("waiting", "waiting"),
+        ):
+            for item in outlook.get(key, []):
+                when = ""
+                if key == "cooling_down" and item.get("free_in_cycle") is not None:
+                    when = f" until cycle {item['free_in_cycle']}"
+                elif key == "retired" and item.get("since_cycle") is not None:
+                    when = f" since cycle {item['since_cycle']}"
+                elif key == "waiting":
+                    when = ": no room (max_candidates)"
+                lines.append(f"  {clean(phase.phase)}: {clean(item['label'])} {word}{when}")
     return lines
 
 

@@ -25,6 +25,10 @@ ROUTING_HEADER = (
     "# pytest-selfopt routing: what to run per phase; "
     "applications load it with pytest_selfopt.load_routing()."
 )
+#: After ``reference:`` in baseline.yaml, for the person reading the file.
+REFERENCE_COMMENT = (
+    "# per case: passed/runs of the champion's measurement (--selfopt-check compares with it)"
+)
 #: Metric keys in the order of ``SpecStats.metrics()``; unknown keys follow, sorted.
 METRIC_ORDER: tuple[str, ...] = (
     "runs",
@@ -157,7 +161,9 @@ def _metric_lines(metrics: Mapping[str, Any], indent: str) -> list[str]:
 
 
 def dump_baseline(baselines: Mapping[str, PhaseBaseline]) -> str:
-    """baseline.yaml: per phase the champion spec, its id, when and why it was promoted."""
+    """baseline.yaml: per phase the champion spec, its id, when and why it was promoted, its
+    metrics and (once measured) its per-case ``reference``, one ``case: passed/runs`` line per
+    case, sorted, so a re-measured case is a one-line diff."""
     lines = [BASELINE_HEADER, f"version: {FORMAT_VERSION}"]
     if not baselines:
         return "\n".join(lines + ["phases: {}"]) + "\n"
@@ -177,6 +183,12 @@ def dump_baseline(baselines: Mapping[str, PhaseBaseline]) -> str:
         else:
             lines.append("    metrics:")
             lines += _metric_lines(base.metrics, "      ")
+        if base.reference:
+            lines.append(f"    reference:   {REFERENCE_COMMENT}")
+            lines += [
+                f"      {yaml_str(case_id)}: {passed}/{runs}"
+                for case_id, (passed, runs) in sorted(base.reference.items())
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -228,9 +240,12 @@ def plain_json(value: Any, decimals: int = HISTORY_DECIMALS) -> Any:
 
 
 def dump_history(entries: Sequence[Mapping[str, Any]]) -> str:
-    """history.json: one entry per cycle, floats rounded to 6 decimals."""
-    doc = {"version": FORMAT_VERSION, "cycles": [plain_json(e) for e in entries]}
-    return json.dumps(doc, indent=2, sort_keys=False, ensure_ascii=False, allow_nan=False) + "\n"
+    """history.json: one entry per cycle, floats rounded to 6 decimals, in the compact
+    line-per-record form of ``historyform.py`` (a cycle is a few dozen reviewable lines)."""
+    # Imported here: historyform raises this module's FilesError when reading.
+    from pytest_selfopt.store.historyform import history_lines
+
+    return "\n".join(history_lines([plain_json(e) for e in entries])) + "\n"
 
 
 def dump_log_lines(records: Sequence[AuditRecord], git_commit: str | None) -> str:

@@ -21,6 +21,7 @@ import yaml
 from pytest_selfopt.loop.spec import CORE_KNOBS, ISOLATIONS, Scalar, Spec
 from pytest_selfopt.loop.types import PendingCandidate, PhaseBaseline, Recommendation, Route
 from pytest_selfopt.store.formats import FORMAT_VERSION, INT_METRICS, METRIC_ORDER, FilesError
+from pytest_selfopt.store.historyform import HISTORY_VERSION, expand_phase
 from pytest_selfopt.suite.bounded import (
     MAX_COMMITTED_VALUES,
     LimitError,
@@ -209,7 +210,29 @@ def _metrics(value: Any, name: str, key: str) -> dict[str, Any] | None:
     return out
 
 
-BASELINE_KEYS = ("spec", "spec_id", "promoted_in_cycle", "reason", "metrics")
+BASELINE_KEYS = ("spec", "spec_id", "promoted_in_cycle", "reason", "metrics", "reference")
+_PASSED_RUNS = re.compile(r"([0-9]+)/([0-9]+)")
+
+
+def _reference(value: Any, name: str, key: str) -> dict[str, tuple[int, int]]:
+    """``case_id: passed/runs`` lines (absent: the phase was never measured per case)."""
+    out: dict[str, tuple[int, int]] = {}
+    for case_id, text in _mapping(value, name, key, allow_none=True).items():
+        found = _PASSED_RUNS.fullmatch(text) if isinstance(text, str) else None
+        if found is None:
+            raise FilesError(
+                f"{name}: {key}.{case_id}: expected 'passed/runs' like 5/7, got {_got(text)}"
+            )
+        passed, runs = int(found[1]), int(found[2])
+        if runs < 1 or passed > runs:
+            raise FilesError(
+                f"{name}: {key}.{case_id}: expected 'passed/runs' with 1 <= runs and "
+                f"passed <= runs, got {text}"
+            )
+        out[case_id] = (passed, runs)
+    return out
+
+
 ROUTE_KEYS = ("model", "fallbacks", *CORE_KNOBS[1:], "extras", "spec_id")
 
 
@@ -236,7 +259,13 @@ def parse_baseline(text: str, name: str) -> dict[str, PhaseBaseline]:
         if not isinstance(reason, str):
             raise FilesError(f"{name}: {key}.reason: expected a string, got {_got(reason)}")
         metrics = _metrics(entry.get("metrics"), name, f"{key}.metrics")
-        out[phase] = PhaseBaseline(phase, spec, metrics, cycle, reason)
+        if "reference" in entry and entry["reference"] is None:  # absent: never measured
+            raise FilesError(
+                f"{name}: {key}.reference: expected 'case_id: passed/runs' lines, got nothing "
+                f"(the file may have been cut short); restore it with `git checkout -- {name}`"
+            )
+        reference = _reference(entry.get("reference"), name, f"{key}.reference")
+        out[phase] = PhaseBaseline(phase, spec, metrics, cycle, reason, reference)
     return out
 
 
@@ -348,8 +377,11 @@ def _pending(value: Any, name: str, key: str) -> None:
 def parse_history(text: str, name: str) -> list[dict[str, Any]]:
     """Validated history.json: the list of cycle entries, numbered 1, 2, ... upwards.
 
-    Every part the loop or a report reads back is checked for its shape here, so a bad file
-    fails at the start of a cycle, naming the key, not somewhere inside it."""
+    Both layouts are read: version 2 (the compact one ``dump_history`` writes, expanded back
+    to the in-memory records of ``loop/learn.py``) and version 1 (indented, as committed
+    before), so every reader sees the same records whichever wrote them. Every part the loop
+    or a report reads back is checked for its shape here, so a bad file fails at the start of
+    a cycle, naming the key, not somewhere inside it."""
     if not text.strip():
         raise empty_file_error(name)
     try:
@@ -362,9 +394,11 @@ def parse_history(text: str, name: str) -> list[dict[str, Any]]:
         raise empty_file_error(name)
     top = _mapping(doc, name, "(top level)")
     _known(top, ("version", "cycles"), name, "(top level)")
-    if top.get("version") != FORMAT_VERSION or isinstance(top.get("version"), bool):
+    version = top.get("version")
+    if version not in (FORMAT_VERSION, HISTORY_VERSION) or isinstance(version, bool):
         raise FilesError(
-            f"{name}: version: expected {FORMAT_VERSION}, got {_got(top.get('version'))}"
+            f"{name}: version: expected {HISTORY_VERSION} (or {FORMAT_VERSION}, the older "
+            f"indented layout), got {_got(version)}"
         )
     cycles = top.get("cycles", [])
     if not isinstance(cycles, list):
@@ -395,8 +429,12 @@ def parse_history(text: str, name: str) -> list[dict[str, Any]]:
                     _whole(value, name, f"{key}.{k}", lo=lo)
         if "policy" in entry:
             _text(entry["policy"], name, f"{key}.policy")
-        for phase, record in _mapping(entry.get("phases", {}), name, f"{key}.phases").items():
-            _history_phase(record, name, f"{key}.phases.{phase}")
+        phases = _mapping(entry.get("phases", {}), name, f"{key}.phases")
+        for phase, record in phases.items():
+            pkey = f"{key}.phases.{phase}"
+            if version == HISTORY_VERSION:  # the compact form: back to the in-memory record
+                phases[phase] = record = expand_phase(phase, record, name, pkey)
+            _history_phase(record, name, pkey)
         if "pending" in entry:
             _pending(entry["pending"], name, f"{key}.pending")
     return cycles

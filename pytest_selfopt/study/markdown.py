@@ -117,19 +117,22 @@ def render(
             + " | ".join("-" if c is None else c.better_phase.text() for c in here)
             + " |"
         )
+    out += _coverage(config, cells)
     out += [
         "",
         "### Model calls per phase and cycle",
         "",
         "paired: every candidate on every run. race: items skipped by racing, at each true "
-        "effect. screen: the screening cycle plus the confirmation cycle (the baseline "
-        "re-measured and the leader on all runs), against one paired cycle.",
+        "effect. screen: per episode, the screening cycle plus the confirmation cycle (in "
+        "brackets: the confirmation cycle's part: the baseline re-measured, the leader on all "
+        "runs if one led, and whatever else the real plan held, e.g. a recommended warm-up), "
+        "at each true effect, against one paired cycle.",
         "",
     ]
     effects = list(dict.fromkeys(c.effect for c in cells))
     header = ["P", "K", "paired"]
     header += [f"race at {e:+g}" for e in effects if "race" in modes]
-    header += ["screen + confirm"] if "screen" in modes else []
+    header += [f"screen at {e:+g}" for e in effects if "screen" in modes]
     out += ["| " + " | ".join(header) + " |", "|" + "--:|" * len(header)]
     for prompts, k in dict.fromkeys((c.prompts, c.candidates) for c in cells):
         full_cell = _cell(cells, prompts, k, effects[0], "paired")
@@ -140,9 +143,13 @@ def render(
         for e in effects if "race" in modes else []:
             raced = _cell(cells, prompts, k, e, "race")
             row.append("-" if raced is None else _fewer(raced.calls, full))
-        if "screen" in modes:
-            screened = _cell(cells, prompts, k, effects[0], "screen")
-            row.append("-" if screened is None else _fewer(screened.calls, full))
+        for e in effects if "screen" in modes else []:
+            screened = _cell(cells, prompts, k, e, "screen")
+            row.append(
+                "-"
+                if screened is None
+                else f"{_fewer(screened.calls, full)} [{screened.calls_confirm:,.0f}]"
+            )
         out.append("| " + " | ".join(row) + " |")
     out += ["", "### Summary", ""]
     for m in modes:
@@ -168,6 +175,37 @@ def render(
         "tests/test_study.py checks the same bound at fewer repetitions on every test run.",
     ]
     return "\n".join(out) + "\n"
+
+
+def _coverage(config: StudyConfig, cells: Sequence[Cell]) -> list[str]:
+    """How often the interval a paired decision records covers the true effect."""
+    mine = [c for c in cells if c.mode == "paired" and c.covered.n]
+    if not mine:
+        return []
+    level = f"{100 * config.gates.interval_level:.0f}%"
+    out = [
+        "",
+        f"### Coverage of the recorded {level} interval",
+        "",
+        f"Share of paired decisions whose recorded interval (`effect +e [{level} lo, hi]`) "
+        "contains the candidate's true effect, pooled over the true effects of the rows above "
+        "(every candidate the plan held, recommendations included); and over the winners "
+        "(promoted, then chosen for the largest estimate) only.",
+        "",
+        "| P | K | every candidate | n | winners | n |",
+        "|--:|--:|--:|--:|--:|--:|",
+    ]
+    total, total_winner = Rate(0, 0), Rate(0, 0)
+    for prompts, k in dict.fromkeys((c.prompts, c.candidates) for c in mine):
+        here = [c for c in mine if (c.prompts, c.candidates) == (prompts, k)]
+        every = sum((c.covered for c in here), Rate(0, 0))
+        winners = sum((c.covered_winner for c in here), Rate(0, 0))
+        total, total_winner = total + every, total_winner + winners
+        won = winners.text() if winners.n else "-"
+        out.append(f"| {prompts} | {k} | {every.text()} | {every.n} | {won} | {winners.n} |")
+    won = total_winner.text() if total_winner.n else "-"
+    out.append(f"| all | all | {total.text()} | {total.n} | {won} | {total_winner.n} |")
+    return out
 
 
 BEGIN, END = "<!-- study:begin -->", "<!-- study:end -->"

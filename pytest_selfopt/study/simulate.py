@@ -20,7 +20,10 @@ an episode is the screening cycle and the confirmation cycle, whose calls are co
 
 A promotion is *false* when the winner's true accuracy is not above the baseline it replaced.
 Rates are per phase (per cycle, or per screening episode) and per cycle over both phases,
-each with its 95 % Wilson interval and its repetition count.
+each with its 95 % Wilson interval and its repetition count. In ``paired`` rows the study also
+counts how often the interval a decision records covers the candidate's true effect (every
+candidate, and the chosen winner). ``--jobs N`` measures rows in N processes; every row has
+its own seeded draws, so the tables are the same for any N.
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from pytest_selfopt.loop.stats import mde_from_rates
+from pytest_selfopt.loop.outcome import PhaseOutcome
+from pytest_selfopt.loop.stats import effect_interval, mde_from_rates, paired_counts
 from pytest_selfopt.loop.types import GateSettings, LoopSettings, SearchSpace
 from pytest_selfopt.study.engine import (
     KNOB,
@@ -86,6 +91,13 @@ class Cell:
     better_phase: Rate  # promotions of a truly better candidate, per phase
     calls: float  # model calls per phase and cycle (screen: screening + confirmation cycle)
     mde: float  # the paired gate's minimum detectable effect, points
+    #: paired mode only: the recorded interval (``interval_level``) covers the true effect,
+    #: over every decided candidate, and over promoted winners only (chosen as the best)
+    covered: Rate = field(default_factory=lambda: Rate(0, 0))
+    covered_winner: Rate = field(default_factory=lambda: Rate(0, 0))
+    #: screen only: of ``calls``, the confirmation cycle's (the baseline re-measured, the
+    #: leader, and anything else the real plan holds that cycle, e.g. a recommendation)
+    calls_confirm: float = 0.0
 
 
 def mode_settings(
@@ -107,6 +119,28 @@ def applies(mode: str, prompts: int, candidates: int, config: StudyConfig) -> bo
     return True
 
 
+def coverage(po: PhaseOutcome, world: World, gates: GateSettings) -> tuple[Rate, Rate]:
+    """Does the improvement gate's interval (the one the decision records: ``paired_counts``
+    and ``effect_interval`` at ``interval_level``, as the paired policy computes it) cover
+    the candidate's true effect? Over every candidate, and over the winner (promoted and
+    chosen by ``pick_winner`` for the largest estimate)."""
+    base = po.stats[po.plan.baseline.id]
+    truth_base = world.accuracy(po.plan.baseline)
+    chosen = po.winner.spec.id if po.winner is not None else None
+    every = winners = Rate(0, 0)
+    for c in po.plan.candidates:
+        _, x, n, y, m = paired_counts(base, po.stats[c.spec.id])
+        if x.size == 0:
+            continue
+        _, low, high = effect_interval(x, n, y, m, gates.interval_level)
+        truth = world.accuracy(c.spec) - truth_base
+        hit = Rate(int(low - 1e-12 <= truth <= high + 1e-12), 1)
+        every += hit
+        if c.spec.id == chosen:
+            winners += hit
+    return every, winners
+
+
 def measure(
     config: StudyConfig, prompts: int, candidates: int, effect: float, mode: str, reps: int
 ) -> Cell:
@@ -116,7 +150,8 @@ def measure(
     settings, race_after = mode_settings(mode, candidates, config.runs, config.gates)
     cycles = 2 if mode == "screen" else 1
     false_phase = false_cycle = better_phase = 0
-    calls = 0
+    calls = calls_confirm = 0
+    covered = covered_winner = Rate(0, 0)
     for rep in range(reps):
         repo = Repository(world, settings, race_after)
         # the same draws for every mode of a row (common random numbers): racing sees
@@ -126,9 +161,14 @@ def measure(
         )
         wrong = {phase: False for phase in PHASES}
         right = {phase: False for phase in PHASES}
-        for _ in range(cycles):
+        for cycle in range(cycles):
             run = repo.cycle(rng)
             calls += run.calls
+            calls_confirm += run.calls if cycle else 0
+            if mode == "paired":
+                for po in run.outcome.phases:
+                    every, winners = coverage(po, world, config.gates)
+                    covered, covered_winner = covered + every, covered_winner + winners
             for phase in PHASES:
                 gain = repo.true_gain(run.outcome, phase)
                 if gain is None:
@@ -145,11 +185,36 @@ def measure(
     return Cell(
         prompts, candidates, effect, mode, reps,
         Rate(false_phase, n), Rate(false_cycle, reps), Rate(better_phase, n),
-        calls / n, 100.0 * mde,
+        calls / n, 100.0 * mde, covered, covered_winner, calls_confirm / n,
     )  # fmt: skip
 
 
-def cycle_table(config: StudyConfig, progress: bool = False) -> list[Cell]:
+def _measure_row(args: tuple[StudyConfig, int, int, float, str, int]) -> Cell:
+    return measure(*args)
+
+
+def cycle_table(config: StudyConfig, progress: bool = False, jobs: int = 1) -> list[Cell]:
+    """Every row of every mode; ``jobs`` > 1 measures rows in that many processes (each row
+    has its own seeded draws, so the tables do not depend on ``jobs``)."""
+    if jobs > 1:
+        rows = [
+            (config, prompts, k, effect, mode, config.reps if effect <= 0 else config.power_reps)
+            for prompts in config.prompts
+            for k in config.candidates
+            for effect in config.effects
+            for mode in config.modes
+            if applies(mode, prompts, k, config)
+        ]
+        # the costliest rows first, so that no process is left with a long tail
+        order = sorted(range(len(rows)), key=lambda i: -rows[i][1] * rows[i][2] * rows[i][5])
+        out: dict[int, Cell] = {}
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            futures = {pool.submit(_measure_row, rows[i]): i for i in order}
+            for done, future in enumerate(as_completed(futures), 1):
+                out[futures[future]] = future.result()
+                if progress:
+                    print(f"  {done} of {len(rows)} rows", file=sys.stderr, flush=True)
+        return [out[i] for i in range(len(rows))]
     cells = []
     started = time.perf_counter()
     for prompts in config.prompts:
@@ -208,6 +273,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--prompts", type=int, nargs="+", help="prompt counts (default 6 20 100)")
     ap.add_argument("--candidates", type=int, nargs="+", help="candidate counts (default 1 3 10)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--jobs", type=int, default=1, help="processes (the tables do not change)")
     ap.add_argument("--markdown", type=Path, help="write the tables into this file (markers)")
     return ap.parse_args(list(argv) if argv is not None else None)
 
@@ -240,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     words += ["--candidates " + " ".join(map(str, args.candidates))] if args.candidates else []
     words += [f"--seed {args.seed}"] if args.seed else []
     started = time.perf_counter()
-    cells = cycle_table(config, progress=not args.quick)
+    cells = cycle_table(config, progress=not args.quick, jobs=max(args.jobs, 1))
     scenario = seed_scenario(config, reps=10 if args.quick else 50)
     table = render(config, cells, scenario, " ".join(words))
     print(table, end="")

@@ -53,7 +53,7 @@ Reference (every key, with its default)::
       effect_of_interest: 0.05  # (0, 1]; minimum detectable effect above it: "underpowered"
       power: 0.80           # (0, 1); power at which the detectable effect is computed
       warmup_min_cases: 2   # int >= 1; cold-start cases needed to recommend warm-up
-      regression_tolerance: 0.0  # 0..1; --selfopt-check: allowed fall of the median
+      regression_tolerance: 0.0  # 0..1; --selfopt-check: smallest accuracy drop that counts (at least 1/K)
       screen_runs: 0        # int >= 0; 3+ search candidates run only runs 1..N, the leader is
                             # confirmed next cycle on all runs (0: off; docs/statistics.md)
 
@@ -188,9 +188,9 @@ def check_item_count(config_path: Path, items: int, runs: int) -> None:
     eating gigabytes while collecting (docs/reliability.md)."""
     if items > MAX_ITEMS:
         raise ConfigError(config_path, "runs", f"at most {MAX_ITEMS:,} test items", message=(
-            f"this session would collect more than {MAX_ITEMS:,} test items ({items:,} so far, "
-            f"at {runs} runs per spec); lower runs (or --selfopt-runs), max_candidates or the "
-            "number of cases, or split the suite"))  # fmt: skip
+            f"this session would collect more than {MAX_ITEMS:,} test items (runs x specs x "
+            f"cases, at {runs} runs per spec); lower runs (or --selfopt-runs), max_candidates "
+            "or the number of cases, or split the suite"))  # fmt: skip
 
 
 def find_config(rootdir: Path, configured: str | None) -> Path | None:

@@ -392,7 +392,7 @@ def _history_mutations() -> dict[str, Mutation]:
 
     return {
         "top-level-list": lambda doc: doc["cycles"],
-        "version-2": _set("version", 2),
+        "version-99": _set("version", 99),
         "version-missing": _drop("version"),
         "cycles-object": _set("cycles", {"1": {}}),
         "cycles-null": _set("cycles", None),

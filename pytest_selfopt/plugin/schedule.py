@@ -1,0 +1,67 @@
+"""A fixed assignment of items to xdist workers under ``--selfopt``, so that two runs with
+the same worker count give the same files.
+
+xdist's default ``load`` scheduler hands items out as workers ask for them, so which worker
+runs which sample depends on timing. The loop reads samples in run order, never in completion
+order, so patterns and decisions do not depend on it — except where a *per-process* effect is
+real: a cold start is the first calls of a model in a process, so which samples a worker runs
+first decides which samples the cold start hits. With :class:`StaticScheduling` worker ``k``
+of ``N`` (ordered by gateway id: ``gw0``, ``gw1``, …) runs items ``k, k + N, k + 2N, …`` of
+the collection, in collection order, so the same worker count reproduces every sample,
+cold starts included (docs/architecture.md, "pytest integration").
+
+It is used only when the user left xdist's distribution mode at its default (``load``);
+``--dist loadscope`` and the like are respected. The cost is xdist's dynamic balancing: a
+worker that finishes early does not take over another's items. Items of one cycle are of
+similar cost (same prompts, specs of one phase), and calls in flight inside a worker
+(``concurrency``) are what balance waiting on the network.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from xdist.scheduler import LoadScheduling
+
+
+def _gateway_order(node: Any) -> tuple[int, str]:
+    """``gw2`` before ``gw10``."""
+    gateway_id = str(node.gateway.id)
+    match = re.search(r"(\d+)$", gateway_id)
+    return (int(match.group(1)) if match else -1, gateway_id)
+
+
+class StaticScheduling(LoadScheduling):  # type: ignore[misc]
+    """xdist's load scheduler with the first distribution fixed (module doc). A worker that
+    crashes and is replaced gets the crashed worker's remaining items, as under ``load``."""
+
+    def schedule(self) -> None:
+        assert self.collection_is_completed
+        collection: list[str] | None = self.collection  # type: ignore[has-type]
+        if collection is not None:  # a replacement worker: xdist's own rescheduling
+            for node in self.nodes:
+                self.check_schedule(node)
+            return
+        if not self._check_nodes_have_same_collection():
+            self.log("**Different tests collected, aborting run**")
+            return
+        collection = self.collection = next(iter(self.node2collection.values()))
+        if not collection:
+            return
+        if self.maxschedchunk is None:  # type: ignore[has-type]  # as LoadScheduling.schedule:
+            self.maxschedchunk = len(collection)  # a replacement worker's check_schedule needs it
+        nodes = sorted(self.nodes, key=_gateway_order)
+        for k, node in enumerate(nodes):
+            share = list(range(k, len(collection), len(nodes)))
+            if share:
+                self.node2pending[node].extend(share)
+                node.send_runtest_some(share)
+        self.pending[:] = []
+        for node in nodes:
+            node.shutdown()
+
+
+def wants_static(config: Any) -> bool:
+    """Whether ``config``'s xdist distribution is the default ``load`` (module doc)."""
+    return getattr(config.option, "dist", None) == "load"
