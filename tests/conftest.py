@@ -9,6 +9,7 @@ once here keeps them loaded for all sessions.
 
 import importlib
 import pkgutil
+import signal
 from collections.abc import Iterator
 
 import hypothesis  # noqa: F401
@@ -19,6 +20,13 @@ from suites import NO_DEV_PLUGINS
 import pytest_selfopt
 
 pytest_plugins = ["pytester"]
+
+# A suite started in the background by a non-interactive shell (CI runners, `cmd &`) inherits
+# SIGINT *ignored*, and so would every child it starts: the Ctrl-C tests would then test
+# nothing. A Python handler, unlike "ignored", is reset to the default by exec, so the
+# sessions and servers these tests start get Python's KeyboardInterrupt again.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 for _module in pkgutil.walk_packages(pytest_selfopt.__path__, "pytest_selfopt."):
     importlib.import_module(_module.name)

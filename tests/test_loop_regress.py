@@ -109,6 +109,12 @@ def test_worse_cases_are_listed_largest_drop_first() -> None:
     assert [c.case_id for c in result.worse_cases] == ["b", "a", "c"]
 
 
+def test_a_deleted_case_is_listed_not_counted() -> None:
+    now = {case: marks for case, marks in GOOD.items() if case != "a"}
+    result = check(GOOD, now)
+    assert not result.regressed and result.missing_cases == ("a",) and result.compared == 11
+
+
 def test_new_failing_cases_are_no_regression() -> None:
     result = check(GOOD, dict(GOOD, m="FFFFFFF", n="FFFFFFF"))
     assert not result.regressed and result.new_cases == ("m", "n")

@@ -61,8 +61,34 @@ def test_worker_k_of_n_runs_items_k_k_plus_n_whatever_order_they_came_up(
         scheduler.add_node_collection(node, collection)
     scheduler.schedule()
     gw2, gw10, gw0 = nodes
-    assert (gw0.sent, gw2.sent, gw10.sent) == ([0, 3, 6], [1, 4, 7], [2, 5])
-    assert all(node.shutting_down for node in nodes)
-    for index in gw0.sent:
-        scheduler.mark_test_complete(gw0, index)
-    assert scheduler.node2pending[gw0] == [] and scheduler.pending == []
+    # a chunk at a time (here 2), so that -x or a test bug stops a worker soon
+    assert (gw0.sent, gw2.sent, gw10.sent) == ([0, 3], [1, 4], [2, 5])
+    assert gw10.shutting_down and not gw0.shutting_down  # gw10's share is all sent
+    scheduler.mark_test_complete(gw0, 0)
+    assert gw0.sent == [0, 3, 6] and gw0.shutting_down
+    for node, done in ((gw0, [3, 6]), (gw2, [1, 4]), (gw10, [2, 5])):
+        for index in done:
+            scheduler.mark_test_complete(node, index)
+    assert gw2.sent == [1, 4, 7]
+    scheduler.mark_test_complete(gw2, 7)
+    assert scheduler.tests_finished and not scheduler.has_pending
+
+
+def test_a_crashed_workers_unsent_share_goes_to_the_next_that_asks(
+    pytester: pytest.Pytester,
+) -> None:
+    scheduler = StaticScheduling(pytester.parseconfig("--dist", "load", "--tx", "2*popen"))
+    gw0, gw1 = FakeNode("gw0"), FakeNode("gw1")
+    collection = [f"test_x.py::test[{i}]" for i in range(12)]
+    for node in (gw0, gw1):
+        scheduler.add_node(node)
+        scheduler.add_node_collection(node, collection)
+    scheduler.schedule()
+    assert gw1.sent == [1, 3]
+    assert scheduler.remove_node(gw1) == collection[1]  # crashed while running item 1
+    replacement = FakeNode("gw2")
+    scheduler.add_node(replacement)
+    scheduler.add_node_collection(replacement, collection)
+    scheduler.schedule()
+    assert replacement.sent == [3, 5]  # the crashed worker's items, in its order, a chunk
+    assert gw0.sent == [0, 2]  # the healthy worker keeps its own share

@@ -40,6 +40,7 @@ from pytest_selfopt.plugin.shard import (
     set_problems,
     shown,
 )
+from pytest_selfopt.report.common import sample_failures_line
 from pytest_selfopt.store.formats import FilesError
 from pytest_selfopt.suite.yamlread import ConfigError
 
@@ -259,12 +260,9 @@ def close(
     if finished.undecided:
         lines.append("could not decide (no samples): " + "; ".join(finished.undecided))
     lines = [*finished.outages, *lines, *finished.outages]  # first and last: read in a hurry
-    failures = sum(not s.passed for s in collected.samples)
+    failures = sample_failures_line(collected.samples)
     if failures:
-        lines.append(
-            f"{failures} of {len(collected.samples)} samples failed their checks (data, not "
-            "errors: the decisions above count them)"
-        )
+        lines.append(failures)
     return lines, status
 
 

@@ -15,7 +15,8 @@ than today's".
 
 * For every case in both, the drop ``d_i = committed_i/n_i - today_i/m_i`` (a share of runs).
   The phase's drop is their mean ``D`` (accuracy, the unit of the gates); cases added since
-  the commit are listed but never count as regressions, cases no longer run are ignored.
+  the commit are listed but never count as regressions; cases no longer run are listed and
+  ignored (a deleted case cannot regress, but a reviewer should see it went).
 * Stratifying by case removes the case-to-case spread (a hard case stays hard), so a
   deterministic case that breaks is a large, certain drop, and a flaky case that wobbles is
   weighed by its own noise.
@@ -93,6 +94,7 @@ class RegressionResult:
     tolerance: float  # the minimum effect (accuracy) a regression must reach
     worse_cases: tuple[CaseChange, ...] = ()  # largest drop first
     new_cases: tuple[str, ...] = ()  # measured now, absent from the committed evidence
+    missing_cases: tuple[str, ...] = ()  # committed, not measured now (deleted, deselected)
     errored: int = 0
     samples: int = 0
     compared: int = 0  # cases in both the committed evidence and today's measurement
@@ -219,6 +221,7 @@ def check_regression(
         tolerance=min_effect,
         worse_cases=worse,
         new_cases=new,
+        missing_cases=tuple(sorted(set(before) - set(now))),
         errored=measured.errored,
         samples=measured.samples,
         compared=compared,

@@ -25,6 +25,7 @@ from pytest_selfopt.plugin.items import CONFIG_ERROR_MARK, collection_error
 from pytest_selfopt.plugin.prefetch import OUTPUT_KEY as PREFETCH_OUTPUT_KEY
 from pytest_selfopt.plugin.prefetch import PrefetchStats
 from pytest_selfopt.plugin.state import SessionState
+from pytest_selfopt.report.common import sample_failures_line
 from pytest_selfopt.store.formats import FilesError
 from pytest_selfopt.store.journal import (
     Entry,
@@ -66,7 +67,6 @@ class Controller:
         self.board: racing.RaceBoard | None = None
         self.race_note: str | None = None
         self.collection_errors: list[str] = []
-        self.sample_failures = 0
         self.journal: Journal | None = None
         self.resumed = 0
         self.identity: Identity | None = None
@@ -157,7 +157,6 @@ class Controller:
                 raise pytest.UsageError(str(exc)) from None
             for entry in kept:
                 self.collected.add_sample(entry.sample, entry.nodeid, entry.unjudged)
-                self.sample_failures += not entry.sample.passed
                 if self.board is not None:
                     self.board.add_sample(entry.sample)
             self.state.done = frozenset(
@@ -193,8 +192,9 @@ class Controller:
         )
         return result
 
-    def pytest_sessionstart(self) -> None:
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
         self.started = True
+        self.session: pytest.Session | None = session
 
     @pytest.hookimpl(trylast=True)
     def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
@@ -236,11 +236,11 @@ class Controller:
                 self.collected.add_sample(sample, report.nodeid, payload.unjudged)
                 if self.journal is not None:
                     self.journal.append(Entry(sample, report.nodeid, payload.unjudged))
-                self.sample_failures += not sample.passed
                 if self.board is not None:
                     self.board.add_sample(sample)
             if payload.test_bug is not None:
                 self.collected.test_bugs.append(payload.test_bug)
+                self._stop_for_test_bug(report.nodeid)
             if payload.no_sample:
                 self.collected.no_sample.append(report.nodeid)
             if payload.skipped is not None:
@@ -253,6 +253,17 @@ class Controller:
                 self.board.item_finished(*payload.race_items)
         if report.when == "teardown":
             self.collected.finished_items += 1
+
+    def _stop_for_test_bug(self, nodeid: str) -> None:
+        """A test bug makes the cycle's samples worthless: stop sending model calls (each costs
+        money) as ``-x`` would, serially and under xdist; the summary names the bug."""
+        why = f"a test bug in {nodeid}: the cycle cannot be closed"
+        session = getattr(self, "session", None)
+        if session is not None and not session.shouldfail:
+            session.shouldfail = why  # as -x: pytest stops after this item, exit 1
+        dsession = self.config.pluginmanager.getplugin("dsession")
+        if dsession is not None and not getattr(dsession, "shouldstop", False):
+            dsession.shouldstop = why
 
     def pytest_report_teststatus(
         self, report: pytest.TestReport, config: pytest.Config
@@ -326,11 +337,9 @@ class Controller:
             self.summary.insert(
                 0, f"resumed: {self.resumed} sample(s) from the journal, not run again"
             )
-        if closed and self.sample_failures:
-            self.summary.append(
-                f"{self.sample_failures} of {len(self.collected.samples)} samples failed their "
-                "checks (data, not errors: the decisions above count them)"
-            )
+        failures = sample_failures_line(self.collected.samples) if closed else None
+        if failures:
+            self.summary.append(failures)
 
     def pytest_unconfigure(self) -> None:
         if self.board is not None:
@@ -347,7 +356,9 @@ class Controller:
             self.summary = [BROKEN, *(f"  {p}" for p in problems)]
             if any(e.startswith(CONFIG_ERROR_MARK) for e in self.collection_errors):
                 session.exitstatus = pytest.ExitCode.USAGE_ERROR  # a bad cases file: bad input
-            elif session.exitstatus == pytest.ExitCode.OK:
+            elif session.exitstatus == pytest.ExitCode.OK or self.collected.test_bugs:
+                # a test bug stops the session (pytest says "Interrupted"), yet it is a
+                # failed test, not a Ctrl-C: exit 1 (README, exit codes)
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
             return False
         unjudged = self.collected.unjudged_functions()

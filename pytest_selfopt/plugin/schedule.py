@@ -33,13 +33,19 @@ def _gateway_order(node: Any) -> tuple[int, str]:
 
 
 class StaticScheduling(LoadScheduling):  # type: ignore[misc]
-    """xdist's load scheduler with the first distribution fixed (module doc). A worker that
-    crashes and is replaced gets the crashed worker's remaining items, as under ``load``."""
+    """xdist's load scheduler with every item's worker fixed (module doc).
+
+    Each worker's share is sent a chunk at a time, as ``load`` does, so that ``-x``, a test
+    bug or Ctrl-C stop a worker after its queued chunk rather than after its whole share; the
+    chunk is the size of ``load``'s first one (a quarter of a worker's items, at least 2), so
+    calls in flight inside a worker (``concurrency``) see as far ahead as under ``load``. A
+    worker that crashes leaves its unsent share to whichever worker asks next, and a
+    replacement worker takes it, as under ``load``."""
 
     def schedule(self) -> None:
         assert self.collection_is_completed
         collection: list[str] | None = self.collection  # type: ignore[has-type]
-        if collection is not None:  # a replacement worker: xdist's own rescheduling
+        if collection is not None:  # a replacement worker: serve what is left
             for node in self.nodes:
                 self.check_schedule(node)
             return
@@ -49,17 +55,50 @@ class StaticScheduling(LoadScheduling):  # type: ignore[misc]
         collection = self.collection = next(iter(self.node2collection.values()))
         if not collection:
             return
-        if self.maxschedchunk is None:  # type: ignore[has-type]  # as LoadScheduling.schedule:
-            self.maxschedchunk = len(collection)  # a replacement worker's check_schedule needs it
+        if self.maxschedchunk is None:  # type: ignore[has-type]  # as LoadScheduling.schedule
+            self.maxschedchunk = len(collection)
         nodes = sorted(self.nodes, key=_gateway_order)
-        for k, node in enumerate(nodes):
-            share = list(range(k, len(collection), len(nodes)))
-            if share:
-                self.node2pending[node].extend(share)
-                node.send_runtest_some(share)
-        self.pending[:] = []
+        self.shares: dict[Any, list[int]] = {
+            node: list(range(k, len(collection), len(nodes))) for k, node in enumerate(nodes)
+        }
+        self.chunk = max(2, min(len(collection) // len(nodes) // 4, self.maxschedchunk))
+        self.pending[:] = []  # only a crashed worker's unsent share goes here
         for node in nodes:
+            self.check_schedule(node)
+
+    def check_schedule(self, node: Any, duration: float = 0) -> None:
+        if node.shutting_down:
+            return
+        share = getattr(self, "shares", {}).get(node) or self.pending
+        queued = self.node2pending[node]
+        if share and len(queued) < max(2, self.chunk // 2):
+            batch = share[: self.chunk - len(queued)]
+            del share[: len(batch)]
+            queued.extend(batch)
+            node.send_runtest_some(batch)
+        if not share and not self.pending:
             node.shutdown()
+
+    def remove_node(self, node: Any) -> str | None:
+        """A crashed worker's unsent share joins xdist's pending list (module doc)."""
+        unsent = getattr(self, "shares", {}).pop(node, [])
+        crashed: str | None = super().remove_node(node)  # its queued items first, in order
+        self.pending.extend(unsent)
+        return crashed
+
+    @property
+    def tests_finished(self) -> bool:
+        if any(getattr(self, "shares", {}).values()):
+            return False
+        finished: bool = LoadScheduling.tests_finished.fget(self)
+        return finished
+
+    @property
+    def has_pending(self) -> bool:
+        if any(getattr(self, "shares", {}).values()):
+            return True
+        pending: bool = LoadScheduling.has_pending.fget(self)
+        return pending
 
 
 def wants_static(config: Any) -> bool:

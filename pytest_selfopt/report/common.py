@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 from pytest_selfopt.loop.outcome import PhaseOutcome
 from pytest_selfopt.loop.regress import CaseChange, RegressionResult
 from pytest_selfopt.loop.spec import Scalar, format_scalar
-from pytest_selfopt.loop.types import Decision, Diagnosis, Route
+from pytest_selfopt.loop.types import Decision, Diagnosis, Route, Sample
 
 GATE_ORDER: tuple[str, ...] = ("samples", "stability", "improvement", "restraint")
 KIND_ORDER: tuple[str, ...] = ("cold_start", "capability_limit", "timeout_bound", "flaky")
@@ -286,3 +286,20 @@ def check_headline(results: Sequence[RegressionResult]) -> str:
     if not bad:
         return f"no regression in {len(results)} phase(s)"
     return f"{len(bad)} of {len(results)} phase(s) regressed: " + ", ".join(bad)
+
+
+def sample_failures_line(samples: Sequence[Sample]) -> str | None:
+    """The closing line on failed samples: how many were wrong answers (or broke a
+    constraint) and how many failed in transport, so an outage is not read as a bad model."""
+    failed = [s for s in samples if not s.passed]
+    if not failed:
+        return None
+    transport = sum(s.transport_error for s in failed)
+    tail = "(data, not errors: the decisions above count them)"
+    if not transport:
+        return f"{len(failed)} of {len(samples)} samples failed their checks {tail}"
+    checks = len(failed) - transport
+    return (
+        f"{len(failed)} of {len(samples)} samples failed: {checks} their checks, {transport} in "
+        f"transport (timeouts, connections, 429/5xx) {tail}"
+    )

@@ -215,6 +215,9 @@ def check_terminal_lines(
         if r.new_cases:
             new = ", ".join(clean(c) for c in r.new_cases)
             lines += wrap(f"      new since the baseline was measured: {new}", width, indent=10)
+        if r.missing_cases:
+            gone = ", ".join(clean(c) for c in r.missing_cases)
+            lines += wrap(f"      committed but not measured now: {gone}", width, indent=10)
     for note in notes:
         lines += wrap(f"  {clean(note)}", width)
     lines.append("check mode: nothing written")
