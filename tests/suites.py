@@ -7,6 +7,7 @@ end-to-end tests copy the real example (:func:`copy_example`) and start a subpro
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -231,3 +232,31 @@ def diagnosis_kinds(entry: dict[str, Any], phase: str, *, cases_only: bool = Fal
     return {
         d["kind"] for d in entry["phases"][phase]["diagnoses"] if d["case_id"] or not cases_only
     }
+
+
+def section(text: str) -> list[str]:
+    """The lines pytest printed under its ``selfopt`` separator, up to the next separator
+    (a late warnings summary) or the closing line."""
+    lines = text.splitlines()
+    start = max(i for i, line in enumerate(lines) if re.fullmatch(r"=+ selfopt =+", line))
+    out = []
+    for line in lines[start + 1 : -1]:
+        if re.fullmatch(r"=+ .* =+", line):
+            break
+        out += [line] if line else []
+    return out
+
+
+#: A conftest that raises KeyboardInterrupt after the ``STOP_AFTER``-th item (a Ctrl-C).
+STOP_AFTER_CONFTEST = """
+import os
+
+seen = 0
+
+
+def pytest_runtest_teardown(item):
+    global seen
+    seen += 1
+    if os.environ.get("STOP_AFTER") and seen == int(os.environ["STOP_AFTER"]):
+        raise KeyboardInterrupt
+"""

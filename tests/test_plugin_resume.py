@@ -7,20 +7,10 @@ import re
 import shutil
 
 import pytest
+from suites import STOP_AFTER_CONFTEST
 from test_plugin_session import make_suite
 
-STOPPER = """
-import os
-
-seen = 0
-
-
-def pytest_runtest_teardown(item):
-    global seen
-    seen += 1
-    if os.environ.get("STOP_AFTER") and seen == int(os.environ["STOP_AFTER"]):
-        raise KeyboardInterrupt
-"""
+STOPPER = STOP_AFTER_CONFTEST
 
 FILES = ("baseline.yaml", "routing.yaml", "history.json")
 

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 from _simserver_fixture import GOOD, sim_servers
+from suites import STOP_AFTER_CONFTEST
 from test_providers_http import SLASH_KEY, SUITE, TEST, Start, leaks
 
 from pytest_selfopt.models.simserver import SimServer
@@ -89,18 +90,7 @@ def error_bodies(each: int) -> list[dict[str, object]]:
     return [{**fault, "after": each * i, "times": each} for i, fault in enumerate(faults)]
 
 
-STOP = """
-import os
-
-seen = 0
-
-
-def pytest_runtest_teardown(item):
-    global seen
-    seen += 1
-    if os.environ.get("STOP_AFTER") and seen == int(os.environ["STOP_AFTER"]):
-        raise KeyboardInterrupt
-"""
+STOP = STOP_AFTER_CONFTEST
 
 
 def test_secrets_in_error_bodies_reach_no_output_and_no_file(

@@ -9,7 +9,6 @@ naming the file, and nothing is written (docs/ci.md).
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from suites import copy_example
+from suites import copy_example, section
 from test_plugin_session import make_suite
 
 from pytest_selfopt.cli import decide as decide_cli
@@ -33,19 +32,6 @@ FILES = ("baseline.yaml", "routing.yaml", "history.json", "decisions.log")
 def committed(root: Path) -> dict[str, bytes]:
     folder = root / "baselines"
     return {n: (folder / n).read_bytes() for n in FILES if (folder / n).exists()}
-
-
-def section(text: str) -> list[str]:
-    """The lines pytest printed under its ``selfopt`` separator, up to the next separator
-    (a late warnings summary) or the closing line."""
-    lines = text.splitlines()
-    start = max(i for i, line in enumerate(lines) if re.fullmatch(r"=+ selfopt =+", line))
-    out = []
-    for line in lines[start + 1 : -1]:
-        if re.fullmatch(r"=+ .* =+", line):
-            break
-        out += [line] if line else []
-    return out
 
 
 def run_shards(

@@ -13,12 +13,11 @@ in one line with nothing written (docs/ci.md, "One cycle over many machines: sha
 
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 
 import pytest
-from suites import EXAMPLE, FILES, run
+from suites import EXAMPLE, FILES, run, section
 from test_plugin_session import make_suite
 
 from pytest_selfopt.cli import decide as decide_cli
@@ -39,18 +38,6 @@ def copy_noisy(pytester: pytest.Pytester) -> Path:
 def committed(pytester: pytest.Pytester) -> dict[str, bytes]:
     folder = pytester.path / NOISY / "baselines"
     return {n: (folder / n).read_bytes() for n in FILES if (folder / n).exists()}
-
-
-def section(text: str) -> list[str]:
-    """What pytest printed under its ``selfopt`` separator, up to the next one."""
-    lines = text.splitlines()
-    start = max(i for i, line in enumerate(lines) if re.fullmatch(r"=+ selfopt =+", line))
-    out = []
-    for line in lines[start + 1 : -1]:
-        if re.fullmatch(r"=+ .* =+", line):
-            break
-        out += [line] if line else []
-    return out
 
 
 def shard(pytester: pytest.Pytester, k: int, n: int, path: Path, *args: str) -> None:
