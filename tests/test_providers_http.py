@@ -31,7 +31,7 @@ from _simserver_fixture import (
     sim_servers,
 )
 
-from pytest_selfopt.models import anthropic, openai
+from pytest_selfopt.models import anthropic, openai, transport
 from pytest_selfopt.models.base import (
     ProviderError,
     Request,
@@ -800,7 +800,7 @@ def test_closing_the_client_ends_a_call_in_flight_without_waiting_its_timeout(
         conn.recv(1)  # until the client goes away
 
     server = raw_server(never_answers)
-    client = openai.HttpJsonClient(server.url)
+    client = transport.HttpJsonClient(server.url)
     errors: list[ProviderError] = []
 
     def call() -> None:
@@ -841,7 +841,7 @@ def test_httpx_carries_the_calls_only_where_a_proxy_variable_applies(
             monkeypatch.delenv(spelled, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    client = openai.HttpJsonClient(url)
+    client = transport.HttpJsonClient(url)
     try:
         assert (client._http is not None) is proxied
         assert (client._pool is None) is proxied
@@ -956,13 +956,13 @@ def test_https_verifies_the_certificate_as_httpx_would_and_keeps_its_connection(
     for name in ("SSL_CERT_FILE", "SSL_CERT_DIR", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
     try:
-        untrusted = openai.HttpJsonClient(url)
+        untrusted = transport.HttpJsonClient(url)
         with pytest.raises(ProviderError) as refused:
             untrusted.post_json(f"{url}/chat/completions", {"x": 1}, {}, 10.0, [])
         untrusted.close()
         assert refused.value.kind == "connect" and "CERTIFICATE_VERIFY_FAILED" in str(refused.value)
         monkeypatch.setenv("SSL_CERT_FILE", str(TLS / "cert.pem"))
-        trusted = openai.HttpJsonClient(url)
+        trusted = transport.HttpJsonClient(url)
         replies = [
             trusted.post_json(f"{url}/chat/completions", {"x": i}, {}, 10.0, []) for i in range(3)
         ]

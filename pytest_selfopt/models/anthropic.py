@@ -20,7 +20,6 @@ from typing import Any
 
 from pytest_selfopt.models.base import REFERENCE_HEADER, ProviderError, Reply, Request, display_url
 from pytest_selfopt.models.openai import (
-    HttpJsonClient,
     HttpOptions,
     api_key,
     http_uses_knob,
@@ -29,6 +28,7 @@ from pytest_selfopt.models.openai import (
     resolve_headers,
     token_count,
 )
+from pytest_selfopt.models.transport import HttpJsonClient
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_VERSION = "2023-06-01"
@@ -36,7 +36,7 @@ DEFAULT_KEY_ENV = "ANTHROPIC_API_KEY"
 
 
 class AnthropicClient:
-    """Messages through one kept ``httpx.Client``."""
+    """Messages through one kept :class:`HttpJsonClient` (models/transport.py)."""
 
     def __init__(self, provider: AnthropicProvider) -> None:
         self._provider = provider
