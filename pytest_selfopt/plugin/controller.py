@@ -73,6 +73,7 @@ class Controller:
         self.start_notes: list[str] = []
         self.prefetch_parts: list[PrefetchStats] = []
         self.started = False  # pytest_sessionstart ran (pytest calls sessionfinish)
+        self.session: pytest.Session | None = None
         self.interrupted = False  # a KeyboardInterrupt ended the session
         self.written: list[str] = []  # the committed files this session wrote
         self.shown = False  # the summary was printed (pytest_terminal_summary)
@@ -194,7 +195,7 @@ class Controller:
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         self.started = True
-        self.session: pytest.Session | None = session
+        self.session = session
 
     @pytest.hookimpl(trylast=True)
     def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
@@ -258,9 +259,8 @@ class Controller:
         """A test bug makes the cycle's samples worthless: stop sending model calls (each costs
         money) as ``-x`` would, serially and under xdist; the summary names the bug."""
         why = f"a test bug in {nodeid}: the cycle cannot be closed"
-        session = getattr(self, "session", None)
-        if session is not None and not session.shouldfail:
-            session.shouldfail = why  # as -x: pytest stops after this item, exit 1
+        if self.session is not None and not self.session.shouldfail:
+            self.session.shouldfail = why  # as -x: pytest stops after this item, exit 1
         dsession = self.config.pluginmanager.getplugin("dsession")
         if dsession is not None and not getattr(dsession, "shouldstop", False):
             dsession.shouldstop = why

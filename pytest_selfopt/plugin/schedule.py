@@ -42,6 +42,11 @@ class StaticScheduling(LoadScheduling):  # type: ignore[misc]
     worker that crashes leaves its unsent share to whichever worker asks next, and a
     replacement worker takes it, as under ``load``."""
 
+    def __init__(self, config: Any, log: Any = None) -> None:
+        super().__init__(config, log)
+        self.shares: dict[Any, list[int]] = {}  # each worker's unsent items, set by schedule()
+        self.chunk = 2
+
     def schedule(self) -> None:
         assert self.collection_is_completed
         collection: list[str] | None = self.collection  # type: ignore[has-type]
@@ -58,7 +63,7 @@ class StaticScheduling(LoadScheduling):  # type: ignore[misc]
         if self.maxschedchunk is None:  # type: ignore[has-type]  # as LoadScheduling.schedule
             self.maxschedchunk = len(collection)
         nodes = sorted(self.nodes, key=_gateway_order)
-        self.shares: dict[Any, list[int]] = {
+        self.shares = {
             node: list(range(k, len(collection), len(nodes))) for k, node in enumerate(nodes)
         }
         self.chunk = max(2, min(len(collection) // len(nodes) // 4, self.maxschedchunk))
@@ -69,7 +74,7 @@ class StaticScheduling(LoadScheduling):  # type: ignore[misc]
     def check_schedule(self, node: Any, duration: float = 0) -> None:
         if node.shutting_down:
             return
-        share = getattr(self, "shares", {}).get(node) or self.pending
+        share = self.shares.get(node) or self.pending
         queued = self.node2pending[node]
         if share and len(queued) < max(2, self.chunk // 2):
             batch = share[: self.chunk - len(queued)]
@@ -81,21 +86,21 @@ class StaticScheduling(LoadScheduling):  # type: ignore[misc]
 
     def remove_node(self, node: Any) -> str | None:
         """A crashed worker's unsent share joins xdist's pending list (module doc)."""
-        unsent = getattr(self, "shares", {}).pop(node, [])
+        unsent = self.shares.pop(node, [])
         crashed: str | None = super().remove_node(node)  # its queued items first, in order
         self.pending.extend(unsent)
         return crashed
 
     @property
     def tests_finished(self) -> bool:
-        if any(getattr(self, "shares", {}).values()):
+        if any(self.shares.values()):
             return False
         finished: bool = LoadScheduling.tests_finished.fget(self)
         return finished
 
     @property
     def has_pending(self) -> bool:
-        if any(getattr(self, "shares", {}).values()):
+        if any(self.shares.values()):
             return True
         pending: bool = LoadScheduling.has_pending.fget(self)
         return pending
