@@ -43,6 +43,7 @@ class Case:
     answer: str = "Paris"
     wrong_answer: str = "Lyon"
     difficulty: float = 0.3
+    position: int | None = 0  # its index in a cases file: the simulated cold start hits it
     calls: list[dict[str, Any]] = field(default_factory=list)
 
     def reference(
@@ -60,6 +61,7 @@ class Case:
             variant=variant,
             spec_id=spec_id,
             seed=seed,
+            position=self.position,
         )
 
 

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import yaml
 
-from pytest_selfopt.models.sim import COLD_STARTS
 from pytest_selfopt.store.parse import parse_history
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -156,9 +155,7 @@ def write_suite(
 
 
 def run(pytester: pytest.Pytester, *args: str, **kwargs: Any) -> pytest.RunResult:
-    """One in-process session. Simulated cold starts are per process (docs/architecture.md,
-    "models"); each session here stands for a fresh process, so the counter starts over."""
-    COLD_STARTS.reset()
+    """One in-process session."""
     return pytester.runpytest(*args, **kwargs)
 
 

@@ -384,7 +384,16 @@ def check_cells(cells: list[tuple[str, int, float, str, bool, str | None]]) -> N
     ]
     stats = evaluate(samples)[("p", "s")]
     runs = stats.runs
-    cold = reference_cold_samples(cells)
+    by_case = {
+        case: sorted((c for c in cells if c[0] == case), key=lambda c: (c[1], c[2]))
+        for case in {c[0] for c in cells}
+    }
+    by_pattern = sum(
+        reference_kind([c[4] for c in mine], [c[5] for c in mine], runs) == "cold_start"
+        for mine in by_case.values()
+    )
+    # docstring: two cases that read as cold starts by their patterns: the workers are not read
+    cold = reference_cold_samples(cells) if by_pattern < 2 else set()
     got = {d.case_id: d.kind for d in diagnose(stats, runs)}
     if reference_outage([c[5] for c in cells]):
         assert got == {None: "outage"}

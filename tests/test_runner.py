@@ -183,14 +183,31 @@ def test_every_model_failing_reports_the_last_one() -> None:
 
 @pytest.mark.parametrize("warmup", [False, True])
 def test_warmup_absorbs_cold_starts(warmup: bool) -> None:
-    model = sim(cold_start_calls=2, latency_s=0.5)  # cold calls take 120 s > 60 s
+    """Run 1 of the first 2 cases of a file is cold (120 s > 60 s), every attempt of it."""
+    model = sim(cold_start_calls=2, latency_s=0.5)
     r = runner(model)
-    spec = make_spec(model.name, timeout_s=60.0, warmup=warmup)
-    kinds = [r.ask(spec, PROMPT, case=Case(), run=run).error_kind for run in (1, 2, 3)]
+    spec = make_spec(model.name, timeout_s=60.0, warmup=warmup, retries=2)
+    asked = [(0, 1), (1, 1), (2, 1), (0, 2), (None, 1)]  # (position in the file, run)
+    answers = [r.ask(spec, PROMPT, case=Case(position=p), run=run) for p, run in asked]
+    kinds = [a.error_kind for a in answers]
     if warmup:
-        assert kinds == [None, None, None] and r.warmup_attempts == 3
+        assert kinds == [None] * 5 and r.warmup_attempts == 3  # 2 cold pings, then warm
     else:
-        assert kinds == ["timeout", "timeout", None] and r.warmup_attempts == 0
+        assert kinds == ["timeout", "timeout", None, None, None] and r.warmup_attempts == 0
+        assert [a.attempts for a in answers[:2]] == [3, 3]  # retries do not cure it
+
+
+def test_a_simulated_cold_start_is_the_same_in_any_process() -> None:
+    """Two runners (two processes' worth) asking in opposite orders meet the same cold runs."""
+    model = sim(cold_start_calls=1, latency_s=0.5)
+    spec = make_spec(model.name, timeout_s=60.0)
+    asked = [(p, run) for p in (0, 1) for run in (1, 2)]
+    forward, backward = runner(model), runner(model)
+    first = {a: forward.ask(spec, PROMPT, case=Case(position=a[0]), run=a[1]).error_kind
+             for a in asked}  # fmt: skip
+    second = {a: backward.ask(spec, PROMPT, case=Case(position=a[0]), run=a[1]).error_kind
+              for a in reversed(asked)}  # fmt: skip
+    assert first == second == {(0, 1): "timeout", (0, 2): None, (1, 1): None, (1, 2): None}
 
 
 def test_warmup_runs_once_per_spec_and_model_and_spends_at_most_its_budget() -> None:

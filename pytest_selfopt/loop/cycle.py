@@ -139,7 +139,9 @@ def _close_phase(
     decisions = screening.decisions
     models = {s.id: s.model for s in plan.specs}
     diagnoses_by_spec: dict[str, tuple[Diagnosis, ...]] = {
-        spec_id: diagnose(s, s.runs or settings.runs, models[spec_id])
+        spec_id: diagnose(
+            s, s.runs or settings.runs, models[spec_id], settings.gates.warmup_min_cases
+        )
         for spec_id, s in stats.items()
     }
     before = _baseline(state, settings, phase)

@@ -41,6 +41,11 @@ that held most of them and never passed did not recover). Any worker with cold-s
 samples adds one spec-level diagnosis (``case_id=None``, kind ``cold_start``) naming workers
 and counts. With this, ``-n 0`` and ``-n 2`` runs of the same suite diagnose the same cold
 start; which worker ran which sample is a per-process effect that the worker count changes.
+The worker reading is a fallback for what the patterns cannot show: when at least
+``gates.warmup_min_cases`` cases already read as cold starts by their own patterns (first
+``k`` runs failed), the patterns tell the story and the workers are not read. A serial
+session, ``-n 2``, CI shards and a resumed session, which split the samples over other
+workers, then write the same diagnoses.
 
 Recommendations (per phase and spec, in this order; none from a spec in an outage):
 
@@ -209,13 +214,17 @@ def outage_diagnosis(stats: SpecStats, model: str = "") -> Diagnosis | None:
     )
 
 
-def diagnose(stats: SpecStats, runs: int, model: str = "") -> tuple[Diagnosis, ...]:
+def diagnose(
+    stats: SpecStats, runs: int, model: str = "", min_cases: int = 2
+) -> tuple[Diagnosis, ...]:
     """One diagnosis per case (in case order), then the spec-level cold start if any; or,
-    for a spec in an outage, its one ``outage`` diagnosis (``model``: the spec's model)."""
+    for a spec in an outage, its one ``outage`` diagnosis (``model``: the spec's model;
+    ``min_cases``: ``gates.warmup_min_cases``, past which the workers are not read)."""
     down = outage_diagnosis(stats, model)
     if down is not None:
         return (down,)
-    cold_by_worker = cold_start_samples(stats.patterns)
+    by_pattern = sum(1 for p in stats.patterns if classify(p, runs)[0] is DiagnosisKind.COLD_START)
+    cold_by_worker = cold_start_samples(stats.patterns) if by_pattern < min_cases else {}
     cold: dict[str, set[int]] = defaultdict(set)
     for samples in cold_by_worker.values():
         for case_id, index in samples:

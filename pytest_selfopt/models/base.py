@@ -55,6 +55,8 @@ class Reference:
     max_words: int | None = None  # restraint limit, so the simulator can ramble past it
     forbidden: tuple[str, ...] = ()  # must_not_contain, so the simulator can say it
     abstain: bool = False  # the case expects an abstention
+    position: int | None = None  # the case's index in its cases file: where cold starts hit
+    warmed_up: bool = False  # the spec warms the model up first: its measured runs are warm
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)

@@ -222,7 +222,8 @@ class Runner:
         self._providers: dict[str, Provider] = {}
         #: i0 clients by (spec, alias): a spec hashes by its knobs, like its id but cheaper.
         self._clients: dict[tuple[Spec, str], Client] = {}
-        self._warm: dict[tuple[str, str], threading.Lock] = {}  # (spec id, alias) warmed up
+        self._warm: dict[tuple[str, str], threading.Lock] = {}  # (spec id, alias) warming up
+        self._warmed: set[tuple[str, str]] = set()  # (spec id, alias) whose warm-up answered
         self._limiters: dict[str, Limiter] = {}  # alias -> its limits in this process
         self._breakers: dict[str, Breaker] = {}  # endpoint -> its circuit in this process
         self.warmup_attempts = 0  # unmeasured warm-up requests sent, for reports and tests
@@ -307,7 +308,7 @@ class Runner:
                 tally.attempts += 1
                 tally.failed(0.0, breaker.refusal())
                 return None
-            ref = self._reference(provider, case, run, k + 1, spec)
+            ref = self._reference(provider, case, run, k + 1, spec, alias)
             request = Request(
                 model=self._provider_model(alias),
                 prompt=text,
@@ -411,7 +412,7 @@ class Runner:
                 return
         try:
             for i in range(WARMUP_BUDGET):
-                ref = self._reference(provider, case, 0, i, spec)
+                ref = self._reference(provider, case, 0, i, spec, alias)
                 request = Request(
                     model=self._provider_model(alias),
                     prompt=WARMUP_PROMPT,
@@ -430,6 +431,8 @@ class Runner:
                             permit.throttled = exc.kind == "http_429"
                             raise
                         permit.answered(reply.input_tokens, reply.output_tokens)
+                    with self._lock:
+                        self._warmed.add((spec.id, alias))
                     return
                 except ProviderError as exc:
                     if not exc.retryable:
@@ -483,15 +486,24 @@ class Runner:
         return name if isinstance(name, str) and name else alias
 
     def _reference(
-        self, provider: Provider, case: CaseLike | None, run: int, attempt: int, spec: Spec
+        self,
+        provider: Provider,
+        case: CaseLike | None,
+        run: int,
+        attempt: int,
+        spec: Spec,
+        alias: str,
     ) -> Reference | None:
-        """Only simulated providers ever get the case's reference."""
+        """Only simulated providers ever get the case's reference (with whether this spec's
+        warm-up of the model answered: a simulated cold start is then behind it)."""
         if not provider.simulated or case is None:
             return None
         ref = case.reference(
             run=run, attempt=attempt, variant=spec.variant, spec_id=spec.id, seed=self.seed
         )
-        return replace(ref, cycle=self.cycle) if self.cycle else ref
+        with self._lock:
+            warmed_up = (spec.id, alias) in self._warmed
+        return replace(ref, cycle=self.cycle, warmed_up=warmed_up)
 
     def _backoff(
         self,

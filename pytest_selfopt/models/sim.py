@@ -4,8 +4,9 @@ Every outcome is a pure function of ``(seed, cycle, model, spec, case, run, atte
 hashed, not drawn from a global RNG — so it does not depend on which xdist worker runs an item
 or in which order, each cycle sees fresh data, and the same cycle from the same files is
 reproduced byte for byte. (``cycle`` 0 means "no cycle" and leaves it out of the hash: the
-draws of earlier versions.) The one exception is the cold start, which is per process, as
-real cold starts are.
+draws of earlier versions.) The cold start too is a function of the case and run, not of a
+process: a serial session, ``-n 2``, three CI shards and a resumed session meet the same cold
+samples (docs/loop.md, "Simulated models").
 
 Behaviour of one simulated model (its entry under ``models:`` in ``selfopt.yaml``):
 
@@ -18,8 +19,11 @@ Behaviour of one simulated model (its entry under ``models:`` in ``selfopt.yaml`
                      a retry is a new attempt with a new draw, so retries cure it.
 ``latency_s``        median latency of an answer; ``latency_sigma`` the log-normal spread.
                      Latency above the spec's ``timeout_s`` is a timeout.
-``cold_start_calls`` the first N calls of this model in a process take ``cold_start_latency_s``
-                     (default 120 s, above any sane timeout) and so time out; warm-up absorbs them.
+``cold_start_calls`` N: the model starts every spec's measurement cold. Run 1 of the first N
+                     cases of a cases file (in the file's order) takes ``cold_start_latency_s``
+                     (default 120 s, above any sane timeout), every attempt of it, so it times
+                     out and retries do not cure it. A spec with warm-up on meets it in its
+                     first N warm-up pings instead; once a ping answered, its runs are warm.
 ``ramble``           probability of an unrestrained answer: runs past the case's ``max_words``
                      and says what the case forbids (restraint, not correctness).
 ``knob_effects``     how declared knobs change the behaviour: ``{knob: {value: {field: delta}}}``
@@ -39,7 +43,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from statistics import NormalDist
@@ -224,26 +227,19 @@ class SimOutcome:
     output_tokens: int
 
 
-class ColdStartCounter:
-    """Calls per model in this process; the first ``cold_start_calls`` are cold."""
-
-    def __init__(self) -> None:
-        self._calls: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def next_call(self, model: str) -> int:
-        with self._lock:
-            n = self._calls.get(model, 0) + 1
-            self._calls[model] = n
-            return n
-
-    def reset(self) -> None:
-        with self._lock:
-            self._calls.clear()
-
-
-#: Process-wide: a cold start is a property of the process (or server), not of a client.
-COLD_STARTS = ColdStartCounter()
+def cold_start(behaviour: SimBehaviour, ref: Reference) -> bool:
+    """Whether this attempt meets the model cold: pure, so any process split of a cycle meets
+    the same cold samples. Run 0 is a warm-up ping: the first N of them are cold."""
+    if behaviour.cold_start_calls <= 0:
+        return False
+    if ref.run == 0:
+        return ref.attempt < behaviour.cold_start_calls
+    return (
+        not ref.warmed_up
+        and ref.run == 1
+        and ref.position is not None
+        and ref.position < behaviour.cold_start_calls
+    )
 
 
 def simulate(
@@ -251,13 +247,12 @@ def simulate(
     ref: Reference,
     prompt: str,
     timeout_s: float,
-    cold: bool,
 ) -> SimOutcome:
-    """Decide one attempt. Pure but for ``cold``, which the caller takes from a counter."""
+    """Decide one attempt: a pure function of its arguments."""
     cycle = (ref.cycle,) if ref.cycle else ()  # 0: no cycle, the draws of earlier versions
     key = (ref.seed, *cycle, behaviour.name, ref.spec_id, ref.case_id, ref.run)
     input_tokens = len(prompt.split())
-    if cold:
+    if cold_start(behaviour, ref):
         latency = behaviour.cold_start_latency_s
     else:
         z = _NORMAL.inv_cdf(min(max(draw(*key, ref.attempt, "latency"), 1e-9), 1 - 1e-9))
@@ -300,9 +295,7 @@ class SimClient:
                 "answer; run it through the selfopt runner",
             )
         behaviour = self._provider.behaviour.under(request.params)
-        call = COLD_STARTS.next_call(behaviour.name)
-        cold = call <= behaviour.cold_start_calls
-        outcome = simulate(behaviour, ref, request.prompt, request.timeout_s, cold=cold)
+        outcome = simulate(behaviour, ref, request.prompt, request.timeout_s)
         if outcome.text is None:
             status = {"http_5xx": 503, "http_429": 429}.get(outcome.error_kind or "")
             raise ProviderError(

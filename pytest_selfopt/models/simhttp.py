@@ -1,5 +1,5 @@
 """The simulator server's vocabulary: injectable faults, the OpenAI/Anthropic wire shapes and
-the state its handler threads share (counters, faults, cold starts).
+the state its handler threads share (counters, faults).
 
 Faults (:class:`Fault`) come from ``SimServer.set_faults``, ``POST /_faults`` (JSON: a fault, a
 list, or ``{"faults": [...]}``) or a per-request ``X-Selfopt-Fault: kind;key=value;...`` header.
@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_selfopt.models.sim import ColdStartCounter, SimBehaviour
+from pytest_selfopt.models.sim import SimBehaviour
 
 FAULT_HEADER = "X-Selfopt-Fault"
 FAULT_KINDS = frozenset(
@@ -219,7 +219,6 @@ class ServerState:
     def __init__(self, behaviours: dict[str, SimBehaviour], time_scale: float) -> None:
         self.behaviours = behaviours
         self.time_scale = time_scale
-        self.cold = ColdStartCounter()
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.faults: list[Fault] = []
@@ -230,7 +229,6 @@ class ServerState:
         with self.lock:
             self.counters: dict[str, Any] = dict.fromkeys(_COUNTS, 0)
             self.counters.update({key: {} for key in _BREAKDOWNS})
-        self.cold.reset()
 
     def bump(self, key: str, sub: str | None = None, n: int = 1) -> None:
         with self.lock:

@@ -10,13 +10,14 @@ keep-alive, faults — is tested for real. Routes:
 ``GET  /v1/models``                                 the served aliases
 ``GET  /stats``                                     counters (see :meth:`SimServer.stats`)
 ``GET/POST/DELETE /_faults``                        read, replace, clear injected faults
-``POST /_reset``                                    zero counters and cold starts
+``POST /_reset``                                    zero the counters
 
 Answers follow ``models/sim.py`` (``simulate``) with the case's reference taken from the
 ``X-Selfopt-Reference`` header (400 without it: a real-provider config must not reach it).
 Streaming is not simulated: ``"stream": true`` is refused with a 400 that says so, in the
 shape of the API called, rather than answered with an empty stream.
-Cold starts are counted per server and model; latency is really slept, times ``time_scale``,
+Cold starts follow the same rule as in-process (a function of case and run, counted in
+``/stats``); latency is really slept, times ``time_scale``,
 which every response announces in ``X-Selfopt-Time-Scale`` (clients configured with the same
 ``time_scale`` check it and count time in the simulation's seconds).
 Fault delays are real seconds, never scaled, so a test can outlast a client timeout.
@@ -42,7 +43,7 @@ from typing import Any
 import yaml
 
 from pytest_selfopt.models.base import REFERENCE_HEADER, TIME_SCALE_HEADER, Reference
-from pytest_selfopt.models.sim import SimBehaviour, simulate
+from pytest_selfopt.models.sim import SimBehaviour, cold_start, simulate
 from pytest_selfopt.models.sim import create as create_sim
 from pytest_selfopt.models.simhttp import (
     FAULT_HEADER,
@@ -183,11 +184,11 @@ class _Handler(BaseHTTPRequestHandler):
             ref = Reference.from_dict(json.loads(ref_text))
         except (ValueError, TypeError) as exc:
             raise _Reject(400, f"{REFERENCE_HEADER}: unreadable ({type(exc).__name__})") from None
-        cold = st.cold.next_call(alias) <= behaviour.cold_start_calls
-        if cold:
-            st.bump("cold_starts", alias)
         knobs = body if isinstance(body, dict) else {}  # knob values travel as body fields
-        outcome = simulate(behaviour.under(knobs), ref, prompt_of(body), math.inf, cold)
+        behaviour = behaviour.under(knobs)
+        if cold_start(behaviour, ref):
+            st.bump("cold_starts", alias)
+        outcome = simulate(behaviour, ref, prompt_of(body), math.inf)
         st.sleep(outcome.latency_s * st.time_scale)
         if outcome.error_kind == "http_429":  # transient errors the behaviour asked for
             raise _Reject(429, "simulated rate limit", {"Retry-After": f"{st.time_scale:g}"})
@@ -390,7 +391,7 @@ class SimServer:
             return dict(out)
 
     def reset(self) -> None:
-        """Zero the counters and the cold starts (faults stay)."""
+        """Zero the counters (faults stay)."""
         self._state.reset()
 
     def set_faults(self, *faults: Fault | Mapping[str, Any] | str) -> list[Fault]:

@@ -39,7 +39,7 @@ import inspect
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +107,8 @@ class Case:
     wrong_answer: str = ""
     difficulty: float = 0.5
     source: str = ""
+    #: Index in its cases file (``load_cases``); the simulator's cold start hits the first ones.
+    position: int | None = field(default=None, compare=False)
 
     def __repr__(self) -> str:
         return f"Case({self.id!r})"
@@ -153,7 +155,7 @@ class Case:
             case_id=self.id, phase=self.phase, answer=self.answer, wrong_answer=self.wrong_answer,
             difficulty=self.difficulty, run=run, attempt=attempt, variant=variant,
             spec_id=spec_id, seed=seed, max_words=self.max_words,
-            forbidden=self.must_not_contain, abstain=self.abstain,
+            forbidden=self.must_not_contain, abstain=self.abstain, position=self.position,
         )  # fmt: skip
 
     def _constraints(self, reply: str) -> list[tuple[str, bool, str]]:
@@ -217,7 +219,7 @@ def load_cases(path: str | Path, phase: str | None = None) -> list[Case]:
             r.fail(f"cases[{i}].id", "a unique id", message=(
                 f"expected a unique id, got {case.id!r}, which cases[{j}] already uses"))  # fmt: skip
         first_seen[case.id] = i
-        out.append(case)
+        out.append(replace(case, position=i))
     return out
 
 
