@@ -1,7 +1,7 @@
 """Long fault runs on copies of the example: kills at random moments, concurrent starts.
 
     nice -n 10 .venv/bin/python scripts/faults.py [--kills 100] [--double-starts 20]
-        [--resumes 20] [--cold-starts on|off] [--seed 1] [--json trials.json]
+        [--resumes 20] [--seed 1] [--json trials.json]
 
 1. A chain of uninterrupted cycles gives the reference states S0 (no files) .. S4; cycles of
    the example are deterministic (simulated models, fixed seed), so the cycle from S(k) always
@@ -18,9 +18,8 @@
    random number of samples (1 .. all but one); the broken session must write nothing and
    say how many samples it kept; ``--selfopt-resume`` must then run exactly the items missing
    from the journal (a probe plugin records every item that ran) and leave exactly S(k+1),
-   the uninterrupted cycle's files, byte for byte. The example's simulated cold start is per
-   process, so a resumed session (a new process) meets a cold model where the uninterrupted
-   one was warm: ``--cold-starts off`` removes it from the copies, to compare like with like.
+   the uninterrupted cycle's files, byte for byte. (The example's simulated cold start is a
+   function of case and run, so the resumed process meets the same cold samples.)
 
 The sessions run a copy of ``pytest_selfopt`` taken when the script starts (``PYTHONPATH``
 ahead of the editable install), so edits made to the working tree during a long run do not
@@ -69,9 +68,6 @@ def pytest_runtest_logreport(report):
             fh.write(report.nodeid + "\\n")
 """
 ENV = dict(os.environ)
-#: --cold-starts off: the example's simulated models start warm in every process.
-CONFIG_EDITS: dict[str, Any] = {}
-
 State = dict[str, bytes]
 
 
@@ -88,14 +84,6 @@ def example(work: Path, state: State) -> Path:
     )
     shutil.copy(REPO / "conftest.py", root / "conftest.py")
     (root / "faults_probe.py").write_text(PROBE, encoding="utf-8")
-    if CONFIG_EDITS.get("warm"):
-        import yaml
-
-        path = root / "benchmarks" / "selfopt.yaml"
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-        for model in config["models"].values():
-            model.pop("cold_start_calls", None)
-        path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     (root / "baselines").mkdir()
     for name, data in state.items():
         (root / "baselines" / name).write_bytes(data)
@@ -337,19 +325,11 @@ def main() -> int:
     ap.add_argument("--kills", type=int, default=100)
     ap.add_argument("--double-starts", type=int, default=20)
     ap.add_argument("--resumes", type=int, default=20)
-    ap.add_argument(
-        "--cold-starts",
-        choices=["on", "off"],
-        default="on",
-        help="off: no simulated cold starts (they are per process, so a resumed session, a "
-        "new process, meets a cold model where the uninterrupted one was already warm)",
-    )
     ap.add_argument("--cycles", type=int, default=4, help="reference chain length")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", help="write every trial to this file")
     args = ap.parse_args()
     rng = random.Random(args.seed)
-    CONFIG_EDITS["warm"] = args.cold_starts == "off"
     began = time.monotonic()
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {' '.join(sys.argv)}")
     with tempfile.TemporaryDirectory(prefix="selfopt-faults-") as tmp:

@@ -62,28 +62,41 @@ def decide(
 def test_noisy_example_in_three_shards_writes_the_files_of_one_session(
     pytester: pytest.Pytester, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Serially: ``-n 2`` inside each shard is test_shards.py's (inline suite, and the main
-    example); scripts/shards_check.py checks it on this suite at full size. (Workers are
-    not mixed here: the cold-start reading is per worker, so a shard on ``-n 2`` closed
-    with serial ones may read other cold starts than one serial session.)"""
+    """Two cycles, serially; the second measures ``cloud``, whose simulated cold start a
+    session meets once and three shards (three processes) would meet three times if it were
+    per process: it is a function of case and run. ``-n 2`` inside each shard is
+    test_shards.py's (inline suite, and the main example); scripts/shards_check.py checks
+    both modes on this suite at full size over 4 cycles."""
     copy_noisy(pytester)
-    whole = run(pytester, NOISY, "--selfopt", RUNS, "--selfopt-report=whole.md")
-    assert whole.ret == 0, whole.stdout.str()
-    reference, summary = committed(pytester), section(whole.stdout.str())
-    assert set(reference) == set(FILES)
-    assert "PROMOTE" in reference["decisions.log"].decode()  # a cycle that decides something
-    shutil.rmtree(pytester.path / NOISY / "baselines")
-    paths = [pytester.path / "samples" / f"shard-{k}.jsonl" for k in (1, 2, 3)]
-    for k, path in enumerate(paths, start=1):
-        shard(pytester, k, 3, path)
-    assert not (pytester.path / NOISY / "baselines").exists()
-
-    status, lines, err = decide(capsys, "samples/*.jsonl", "--report=decided.md")
-    assert status == 0, err
-    assert lines[0].startswith("selfopt decide: 3 shard(s) of cycle 1, 390 sample(s)")
-    assert lines[1:] == summary
-    assert committed(pytester) == reference
-    assert (pytester.path / "decided.md").read_text() == (pytester.path / "whole.md").read_text()
+    folder = pytester.path / NOISY / "baselines"
+    before: dict[str, bytes] = {}
+    for cycle in (1, 2):
+        whole = run(pytester, NOISY, "--selfopt", RUNS, f"--selfopt-report=whole-{cycle}.md")
+        assert whole.ret == 0, whole.stdout.str()
+        reference, summary = committed(pytester), section(whole.stdout.str())
+        assert set(reference) == set(FILES)
+        shutil.rmtree(folder)
+        if before:
+            folder.mkdir()
+            for name, data in before.items():
+                (folder / name).write_bytes(data)
+        paths = [pytester.path / f"samples-{cycle}" / f"shard-{k}.jsonl" for k in (1, 2, 3)]
+        for k, path in enumerate(paths, start=1):
+            shard(pytester, k, 3, path)
+        assert committed(pytester) == before  # a shard writes nothing in baselines/
+        status, lines, err = decide(
+            capsys, f"samples-{cycle}/*.jsonl", f"--report=decided-{cycle}.md"
+        )
+        assert status == 0, err
+        assert lines[0].startswith(f"selfopt decide: 3 shard(s) of cycle {cycle}, ")
+        assert lines[1:] == summary
+        assert committed(pytester) == reference
+        decided = (pytester.path / f"decided-{cycle}.md").read_text()
+        assert decided == (pytester.path / f"whole-{cycle}.md").read_text()
+        before = reference
+    assert "PROMOTE" in before["decisions.log"].decode()  # cycles that decide something
+    assert "model=cloud" in (pytester.path / "decided-2.md").read_text()  # cycle 2 asks cloud
+    assert "cold_start" in before["history.json"].decode()  # and meets its cold start
 
 
 def test_foreign_and_damaged_shards_are_refused_naming_the_file(

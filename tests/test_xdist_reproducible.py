@@ -1,7 +1,8 @@
-"""Two ``-n 2`` cycles of the same suite write byte-identical files (issue 11.4), even where a
-per-process effect is real: the mini suite's ``claude-haiku`` is cold for its first 4 calls
-in a process, so which samples the cold start hits depends on which worker runs which item.
-Under ``--selfopt`` the plugin fixes that assignment (plugin/schedule.py)."""
+"""Two ``-n 2`` cycles of the same suite write byte-identical files (issue 11.4), with a cold
+model from the first cycle on. The simulated cold start is a function of case and run, but the
+per-worker cold-start reading (loop/diagnose.py) and a real per-process effect depend on which
+worker runs which item: under ``--selfopt`` the plugin fixes that assignment
+(plugin/schedule.py)."""
 
 from __future__ import annotations
 
