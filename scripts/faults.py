@@ -276,9 +276,18 @@ def resume_trial(
             os.killpg(proc.pid, signal.SIGINT)
         output = proc.communicate()[0].decode("utf-8", "replace")
         kept_line = next((ln for ln in output.splitlines() if ln.startswith("kept ")), "")
-        attempts.append({"target": target, "journal_at_signal": at_lines, "exit": proc.returncode})
-        if kept_line or snapshot(root / "baselines") != states[k]:
-            break  # interrupted with samples kept, or (rarely) after the cycle was written
+        attempt = {"target": target, "journal_at_signal": at_lines, "exit": proc.returncode}
+        attempts.append(attempt)
+        if kept_line:
+            break  # interrupted with samples kept: the trial proper
+        if snapshot(root / "baselines") == states[k + 1]:
+            # The signal landed after the last sample: the cycle closed and was written, as an
+            # uninterrupted one; what the session said then is kept, and a new copy tried.
+            attempt["after_the_cycle_was_written"] = output.strip().splitlines()[-1:]
+            shutil.rmtree(root)
+            root = example(work, states[k])
+            journal = root / JOURNAL
+            continue
         shutil.rmtree(root / ".pytest_cache", ignore_errors=True)
     broken_wrote = snapshot(root / "baselines") != states[k]
     kept = int(kept_line.split()[1]) if kept_line else 0
@@ -420,6 +429,12 @@ def report(
             f"extra attempts (signal landed too late): "
             f"{sum(len(r['attempts']) - 1 for r in resumes)}"
         )
+        late = [a for r in resumes for a in r["attempts"] if "after_the_cycle_was_written" in a]
+        if late:
+            said = sorted({ln for a in late for ln in a["after_the_cycle_was_written"]})
+            print(f"  signal after the last sample (cycle written, trial retried): {len(late)}")
+            for line in said[:2]:
+                print(f"    it said: {line[:160]}")
         print(
             f"  broken session wrote nothing: {sum(not r['broken_session_wrote'] for r in resumes)}; "
             f"resumed session ran only the missing items: "
