@@ -5,6 +5,10 @@ In-process sessions on the mini suite (tests/suites.py); ``-n 2`` where a worker
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+
 import pytest
 from suites import (
     CHECK,
@@ -159,6 +163,43 @@ def test_ctrl_c_while_pytest_starts_is_one_line(pytester: pytest.Pytester) -> No
     ]
     assert_quiet(result)
     assert not (pytester.path / "baselines").exists()
+
+
+START_LINE = "selfopt: interrupted while pytest was starting; nothing was run or written"
+
+
+@pytest.mark.parametrize("selfopt", [True, False])
+def test_ctrl_c_before_pytest_imports_the_plugin_is_one_line(
+    pytester: pytest.Pytester, selfopt: bool
+) -> None:
+    """Before pytest imports the plugin (its own imports, the plugins it loads first) only the
+    installed ``pytest_selfopt.pth`` can act. To stand for that moment the plugin is not loaded
+    at all (``-p no:selfopt``) and a conftest sends the SIGINT; a command line without
+    ``--selfopt`` keeps Python's own handling."""
+    pytester.makeconftest(
+        """
+        import os, signal, time
+
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+        """
+    )
+    args = [sys.executable, "-m", "pytest", "-p", "no:selfopt", "-p", "no:cacheprovider"]
+    done = subprocess.run(
+        [*args, *(["--selfopt"] if selfopt else [])],
+        cwd=pytester.path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal
+        check=False,
+    )
+    if selfopt:
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert done.stderr.strip().splitlines() == [START_LINE] and not done.stdout
+    else:
+        assert "KeyboardInterrupt" in done.stdout + done.stderr
+        assert START_LINE not in done.stderr
 
 
 def test_ctrl_c_during_xdist_teardown_after_the_write_is_one_line(

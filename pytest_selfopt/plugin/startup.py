@@ -11,9 +11,11 @@ interrupt itself (docs/reliability.md, "A broken session keeps its samples; Ctrl
 line").
 
 Only for command lines that ask for selfopt (an option starting with ``--selfopt``), only in
-the main thread, and only while nobody else has replaced Python's default handler. A Ctrl-C
-before pytest imports the plugin (the first fraction of a second of the interpreter and of
-pytest itself) is beyond any plugin's reach.
+the main thread, and only while nobody else has replaced Python's default handler — but for
+the one ``pytest_selfopt.pth`` installs at the interpreter's start (marked ``selfopt_early``;
+the same line, the same exit), which covers the time before pytest imports the plugin: pytest's
+own imports and the plugins it loads first. This module replaces it, so that ``release``
+hands SIGINT back to Python in either case.
 """
 
 from __future__ import annotations
@@ -40,10 +42,11 @@ def _interrupted(signum: int, frame: FrameType | None) -> None:
 
 
 def _wanted() -> bool:
+    handler = signal.getsignal(signal.SIGINT)
     return (
         threading.current_thread() is threading.main_thread()
         and any(arg.startswith("--selfopt") for arg in sys.argv[1:])
-        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        and (handler is signal.default_int_handler or getattr(handler, "selfopt_early", False))
     )
 
 
