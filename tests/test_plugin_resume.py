@@ -73,6 +73,33 @@ def test_a_journal_of_another_plan_is_refused_with_the_reason(
     assert nothing.ret == 0  # the journal was left alone by the refusal
 
 
+def test_a_dry_run_leaves_a_broken_cycles_journal_and_a_fresh_start_says_it_replaced_it(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dry run writes nothing, the journal included: the paid samples stay for the real
+    resume. A session without --selfopt-resume starts afresh and says whose journal it replaced."""
+    make_suite(pytester)
+    pytester.makeconftest(STOPPER)
+    journal = pytester.path / ".pytest_cache" / "selfopt" / "journal.jsonl"
+    monkeypatch.setenv("STOP_AFTER", "5")
+    broken = pytester.runpytest("benchmarks", "--selfopt", no_reraise_ctrlc=True)
+    assert broken.ret == pytest.ExitCode.INTERRUPTED
+    monkeypatch.delenv("STOP_AFTER")
+    kept = journal.read_bytes()
+    for extra in (["--selfopt-resume"], []):
+        dry = pytester.runpytest("benchmarks", "--selfopt", "--selfopt-dry-run", *extra)
+        assert dry.ret == 0, dry.stdout.str()
+        assert journal.read_bytes() == kept, extra
+    assert not any((pytester.path / "baselines" / n).exists() for n in FILES)
+    fresh = pytester.runpytest("benchmarks", "--selfopt")
+    assert fresh.ret == 0, fresh.stdout.str()
+    assert (
+        "started afresh: the journal of a broken session (5 sample(s)) was replaced "
+        "(--selfopt-resume would have reused them)" in fresh.stdout.str()
+    )
+    assert samples_run(fresh.stdout.str()) == 18 and not journal.exists()
+
+
 def test_resume_without_a_journal_says_so(pytester: pytest.Pytester) -> None:
     make_suite(pytester)
     result = pytester.runpytest("benchmarks", "--selfopt", "--selfopt-resume")

@@ -460,3 +460,24 @@ def test_ctrl_c_while_the_interpreter_exits_after_the_write_is_one_line(
     )
     assert_quiet(result)
     assert len(history(pytester)) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("--selfopt-resume",), "--selfopt-resume is for a cycle: add --selfopt"),
+        (("--selfopt-dry-run",), "--selfopt-dry-run is for a cycle: add --selfopt"),
+        (("--selfopt-shard=1/3", "--selfopt-samples=s.jsonl"), "--selfopt-shard is for a cycle"),
+        (("--selfopt", "--selfopt-samples=s.jsonl"), "add --selfopt-shard K/N"),
+    ],
+)
+def test_an_option_without_its_companion_is_refused_not_ignored(
+    pytester: pytest.Pytester, args: tuple[str, ...], said: str
+) -> None:
+    """Not a plain run taken for a resume or a shard, nor a whole cycle written where a
+    shard's samples were asked for."""
+    mini_suite(pytester)
+    result = run(pytester, "-p", "no:cacheprovider", "benchmarks", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert said in result.stderr.str()
+    assert snapshot(pytester) == {} and not (pytester.path / "s.jsonl").exists()

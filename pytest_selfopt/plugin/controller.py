@@ -12,7 +12,7 @@ import shlex
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +34,7 @@ from pytest_selfopt.store.journal import (
     JournalError,
     file_digest,
     journal_path,
+    journal_samples,
     read_journal,
 )
 from pytest_selfopt.suite.config import find_config
@@ -69,6 +70,7 @@ class Controller:
         self.collection_errors: list[str] = []
         self.journal: Journal | None = None
         self.resumed = 0
+        self.replacing = 0  # samples of an earlier journal this session replaces (no resume)
         self.identity: Identity | None = None
         self.start_notes: list[str] = []
         self.prefetch_parts: list[PrefetchStats] = []
@@ -164,6 +166,10 @@ class Controller:
                 (e.sample.phase, e.sample.spec_id, e.sample.case_id, e.sample.run) for e in kept
             )
             self.resumed = len(kept)
+        if self.config.getoption("selfopt_dry_run"):
+            return  # writes nothing, the journal included: a broken cycle's stays for its resume
+        if not kept:
+            self.replacing = journal_samples(path)
         self.journal = Journal(path, identity)
         if kept:
             self.journal.start(kept)
@@ -197,12 +203,25 @@ class Controller:
         self.started = True
         self.session = session
 
-    @pytest.hookimpl(trylast=True)
-    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    @pytest.hookimpl(wrapper=True)
+    def pytest_keyboard_interrupt(
+        self, excinfo: pytest.ExceptionInfo[BaseException]
+    ) -> Generator[None, None, None]:
         """A Ctrl-C under selfopt ends in the selfopt summary's lines, without pytest's
         "KeyboardInterrupt" banner and source location (``--full-trace`` keeps them): the
         summary says what was kept and how to resume. Before the session started pytest
-        prints nothing at all, so this says it in one line."""
+        prints nothing at all, so this says it in one line.
+
+        First, before pytest's terminal reporter renders the traceback: a Ctrl-C can land in
+        a frame whose line CPython does not know (generated code such as a dataclass's
+        ``replace``, "line -1"), and rendering that entry raises TypeError inside pytest,
+        which then ends with a 200-line traceback and status 1. Such entries are dropped."""
+        if self.state.measuring:
+            excinfo.traceback = excinfo.traceback.filter(_renderable)
+        yield
+        self._quiet_interrupt(excinfo)
+
+    def _quiet_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
         if not isinstance(excinfo.value, KeyboardInterrupt) or not self.state.measuring:
             return
         if isinstance(excinfo.value, pytest.Session.Interrupted):
@@ -336,6 +355,12 @@ class Controller:
         if self.resumed:
             self.summary.insert(
                 0, f"resumed: {self.resumed} sample(s) from the journal, not run again"
+            )
+        if self.replacing and self.journal is not None and self.journal.count:
+            self.summary.insert(
+                0,
+                f"started afresh: the journal of a broken session ({self.replacing} sample(s)) "
+                "was replaced (--selfopt-resume would have reused them)",
             )
         failures = sample_failures_line(self.collected.samples) if closed else None
         if failures:
@@ -583,6 +608,14 @@ def quiet_interrupt(
         config.add_cleanup(restore)
         if received:
             signal.raise_signal(signal.SIGINT)
+
+
+def _renderable(entry: Any) -> bool:
+    """Whether pytest can render this traceback entry (CPython knows its line)."""
+    try:
+        return isinstance(entry.lineno, int)
+    except TypeError:
+        return False
 
 
 def _shown(path: Path) -> str:

@@ -45,6 +45,14 @@ from pytest_selfopt.suite.cases import CHECK_RECORDER
 #: Options whose value is a path: pytest reads a separate value as a test path while it looks
 #: for the rootdir, before any plugin's options are known (see pytest_load_initial_conftests).
 PATH_OPTIONS = ("--selfopt-report", "--selfopt-json", "--selfopt-samples")
+#: Options that mean nothing without a cycle or a check: (dest, flag). Refused rather than
+#: ignored, so that a plain run is never taken for a shard or a resume.
+CYCLE_ONLY = (
+    ("selfopt_resume", "--selfopt-resume"),
+    ("selfopt_shard", "--selfopt-shard"),
+    ("selfopt_samples", "--selfopt-samples"),
+    ("selfopt_dry_run", "--selfopt-dry-run"),
+)
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -135,6 +143,17 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     if config.getoption("selfopt") and config.getoption("selfopt_check"):
         raise pytest.UsageError("--selfopt and --selfopt-check exclude each other: pick one")
+    if not (config.getoption("selfopt") or config.getoption("selfopt_check")):
+        for dest, flag in CYCLE_ONLY:
+            if config.getoption(dest):
+                raise pytest.UsageError(
+                    f"{flag} is for a cycle: add --selfopt (or --selfopt-check), or drop {flag}"
+                )
+    if config.getoption("selfopt_samples") and not config.getoption("selfopt_shard"):
+        raise pytest.UsageError(
+            "--selfopt-samples is where a shard writes its samples: add --selfopt-shard K/N, "
+            "or drop --selfopt-samples to run the whole cycle"
+        )
     check = bool(config.getoption("selfopt_check"))
     state = SessionState(
         measuring=bool(config.getoption("selfopt")) or check,

@@ -158,6 +158,15 @@ class Journal:
         return self._fh is not None
 
 
+def journal_samples(path: Path) -> int:
+    """How many samples a journal file holds (0: none, or no file), whatever its plan."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return max(sum(1 for line in fh if line.strip()) - 1, 0)
+    except OSError:
+        return 0
+
+
 def _line(entry: Entry) -> str:
     doc = {"sample": entry.sample.to_dict(), "nodeid": entry.nodeid, "unjudged": entry.unjudged}
     return json.dumps(doc, sort_keys=True) + "\n"

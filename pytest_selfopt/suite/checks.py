@@ -64,12 +64,16 @@ def regex_search(pattern: str, text: str, flags: int = 0) -> bool:
     started = time.monotonic()
     previous = signal.signal(signal.SIGALRM, _expire)
     try:
-        signal.setitimer(signal.ITIMER_REAL, REGEX_BUDGET_S)
         try:
+            signal.setitimer(signal.ITIMER_REAL, REGEX_BUDGET_S)
             return re.search(pattern, text, flags) is not None
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
     finally:
+        # Again: a Ctrl-C (KeyboardInterrupt between two bytecodes) can cut the line above
+        # short, and a timer left running with the default SIGALRM handler back in place
+        # would kill the process a second later. One interrupt cuts one clause, not both.
+        signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
         if outer_left:
             left = max(outer_left - (time.monotonic() - started), 1e-3)
