@@ -100,6 +100,21 @@ def test_a_dry_run_leaves_a_broken_cycles_journal_and_a_fresh_start_says_it_repl
     assert samples_run(fresh.stdout.str()) == 18 and not journal.exists()
 
 
+def test_the_resume_command_drops_item_selection(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cycle needs every item: a resume that kept ``-k`` could never close it."""
+    make_suite(pytester)
+    pytester.makeconftest(STOPPER)
+    monkeypatch.setenv("STOP_AFTER", "3")
+    args = ("benchmarks", "--selfopt", "-k", "not zzz", "-m", "not slow", "-x")
+    broken = pytester.runpytest(*args, no_reraise_ctrlc=True)
+    assert broken.ret == pytest.ExitCode.INTERRUPTED
+    text = broken.stdout.str()
+    command = text.split("finish this cycle without repeating them: ")[1].splitlines()[0]
+    assert command == "pytest benchmarks --selfopt -x --selfopt-resume"
+
+
 def test_resume_without_a_journal_says_so(pytester: pytest.Pytester) -> None:
     make_suite(pytester)
     result = pytester.runpytest("benchmarks", "--selfopt", "--selfopt-resume")

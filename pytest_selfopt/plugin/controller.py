@@ -12,7 +12,7 @@ import shlex
 import signal
 import sys
 import threading
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -339,9 +339,7 @@ class Controller:
             if self.summary and self.summary[0].startswith(BROKEN):
                 self.journal.close()
                 if self.journal.count:
-                    args = [
-                        a for a in self.config.invocation_params.args if a != "--selfopt-resume"
-                    ]
+                    args = _resume_args(self.config.invocation_params.args)
                     command = shlex.join(["pytest", *args, "--selfopt-resume"])
                     self.summary.append(
                         f"kept {self.journal.count} sample(s) in {_shown(self.journal.path)}; "
@@ -608,6 +606,28 @@ def quiet_interrupt(
         config.add_cleanup(restore)
         if received:
             signal.raise_signal(signal.SIGINT)
+
+
+#: Options that select items (with their value): a resume needs every item of the plan, so
+#: the command it suggests drops them, or it could never close the cycle.
+SELECTING = ("-k", "-m", "--deselect")
+
+
+def _resume_args(args: Sequence[str]) -> list[str]:
+    """The session's arguments for its resume command: without ``--selfopt-resume`` (added
+    once) and without item selection."""
+    out: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in SELECTING:
+            skip = True
+        elif arg == "--selfopt-resume" or arg.startswith(("-k", "-m", "--deselect=")):
+            continue
+        else:
+            out.append(arg)
+    return out
 
 
 def _renderable(entry: Any) -> bool:
