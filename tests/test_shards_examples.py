@@ -121,6 +121,9 @@ def test_foreign_and_damaged_shards_are_refused_naming_the_file(
     config.write_text(original.replace("min_restraint: 0.80", "min_restraint: 0.70"))
     other_config = pytester.path / "other-config-3.jsonl"
     inline_shard(3, other_config, "--selfopt")
+    all_other = [pytester.path / "all-other" / f"shard-{k}.jsonl" for k in (1, 2)]
+    for k, path in enumerate(all_other, start=1):
+        inline_shard(k, path, "--selfopt")
     config.write_text(original)
 
     # Shard 3 of the next cycle: run after one whole cycle, whose files are then dropped.
@@ -146,6 +149,13 @@ def test_foreign_and_damaged_shards_are_refused_naming_the_file(
         ([s1, s2, check], "check-3.jsonl: a check shard among cycle shards", ""),
         ([s1, holed, s3], "holed-2.jsonl: truncated: ", "its end line says"),
     ]  # fmt: skip
+    # Every shard of another config: most often another suite's, decided without --rootdir.
+    status, out, err = decide(capsys, *all_other, other_config, rootdir=".")
+    assert status == decide_cli.EXIT_REFUSED, (out, err)
+    [line] = err.splitlines()
+    assert "the shards were run with another suite config than benchmarks/selfopt.yaml" in line
+    assert "pass its folder as --rootdir" in line
+
     for paths, said, also in cases:
         status, out, err = decide(capsys, *paths, rootdir=".")
         assert status == decide_cli.EXIT_REFUSED, (paths, out, err)

@@ -155,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
         )
     except (ConfigError, FilesError) as exc:
         return _refuse([str(exc)])
-    problems = identity_problems(shards, plan_identity(prepared, setup.suite_config))
+    current = plan_identity(prepared, setup.suite_config)
+    problems = identity_problems(shards, current, shown(setup.suite_config))
     if problems:
         return _refuse(problems)
 

@@ -215,14 +215,25 @@ def set_problems(files: Sequence[ShardFile]) -> list[str]:
     return problems
 
 
-def identity_problems(files: Sequence[ShardFile], current: Identity) -> list[str]:
+def identity_problems(
+    files: Sequence[ShardFile], current: Identity, config_shown: str = ""
+) -> list[str]:
     """Shards of another plan than ``current`` (what the suite config and the committed files
-    plan now): each named with what differs; all of them at once said once."""
+    plan now): each named with what differs; all of them at once said once. ``config_shown``:
+    the suite config this plan was read from, named when the config is what differs (the
+    shards of another suite are the usual cause: a missing ``--rootdir``)."""
     other = [f for f in files if f.identity != current]
     if not other:
         return []
     if len(other) == len(files) and len({f.identity.key for f in files}) == 1:
         why = "; ".join(current.differences(other[0].identity)) or "another plan"
+        if config_shown and other[0].identity.config != current.config:
+            return [
+                f"{', '.join(f.shown for f in files)}: the shards were run with another suite "
+                f"config than {config_shown} ({why}); if they ran another suite, pass its "
+                "folder as --rootdir; else re-run the shards from this commit, or decide from "
+                "the commit they ran on"
+            ]
         return [
             f"{', '.join(f.shown for f in files)}: the shards were run for another plan than "
             f"the suite config and baselines/ give now ({why}); re-run the shards from this "
