@@ -369,6 +369,11 @@ class Controller:
             self.board.close()
         if self.prepared is not None and self.prepared.lock is not None:
             self.prepared.lock.release()
+        if startup.owns_process() and hasattr(signal, "pthread_sigmask"):
+            # Only the interpreter's exit is left, and it puts SIGINT's default action back
+            # before it ends: a Ctrl-C then would end the process by the signal after the
+            # summary (status 130). Everything is said and written: let it wait unanswered.
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
     def close(self, session: pytest.Session, exitstatus: int) -> bool:
         """Close the cycle; False when nothing was decided."""

@@ -239,12 +239,13 @@ class Worker:
             user_properties=item.user_properties,
         )
 
-    @pytest.hookimpl(hookwrapper=True, specname="pytest_runtest_makereport")
+    @pytest.hookimpl(wrapper=True, specname="pytest_runtest_makereport")
     def pytest_runtest_makereport_payload(
         self, item: pytest.Item, call: pytest.CallInfo[None]
-    ) -> Generator[None, Any, None]:
-        outcome = yield
-        report: pytest.TestReport = outcome.get_result()
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        """A new-style wrapper: a Ctrl-C landing in it ends the session as anywhere else
+        (an old-style one made pluggy print a PluggyTeardownRaisedWarning about it)."""
+        report = yield
         point = point_of(item)
         if call.when in ("setup", "call") and report.skipped and point is not None:
             case = case_of(item)
@@ -257,6 +258,7 @@ class Worker:
             self._sample(item, call, report, llm)
         if call.when == "teardown" and self.prefetcher is not None:
             self.prefetcher.after(item, llm)
+        return report
 
     def _sample(
         self, item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport, llm: LLM
