@@ -15,6 +15,19 @@ STOPPER = STOP_AFTER_CONFTEST
 FILES = ("baseline.yaml", "routing.yaml", "history.json")
 
 
+def broken_cycle(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, after: int, *args: str
+) -> pytest.RunResult:
+    """The inline suite's cycle, broken by a Ctrl-C after ``after`` items (exit 2 asserted)."""
+    make_suite(pytester)
+    pytester.makeconftest(STOPPER)
+    monkeypatch.setenv("STOP_AFTER", str(after))
+    broken = pytester.runpytest("benchmarks", "--selfopt", *args, no_reraise_ctrlc=True)
+    assert broken.ret == pytest.ExitCode.INTERRUPTED, broken.stdout.str()
+    monkeypatch.delenv("STOP_AFTER")
+    return broken
+
+
 def samples_run(text: str) -> int:
     found = re.search(r"(\d+) samples? in ", text.strip().splitlines()[-1])
     return int(found[1]) if found else 0
@@ -57,14 +70,7 @@ def test_an_interrupted_cycle_resumes_with_the_missing_items_only(
 def test_a_journal_of_another_plan_is_refused_with_the_reason(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    make_suite(pytester)
-    pytester.makeconftest(STOPPER)
-    monkeypatch.setenv("STOP_AFTER", "4")
-    assert (
-        pytester.runpytest("benchmarks", "--selfopt", no_reraise_ctrlc=True).ret
-        == pytest.ExitCode.INTERRUPTED
-    )
-    monkeypatch.delenv("STOP_AFTER")
+    broken_cycle(pytester, monkeypatch, 4)
     other = pytester.runpytest("benchmarks", "--selfopt", "--selfopt-resume", "--selfopt-seed=9")
     assert other.ret == pytest.ExitCode.USAGE_ERROR
     assert "belongs to another plan (seed 3 -> 9)" in other.stderr.str()
@@ -78,13 +84,8 @@ def test_a_dry_run_leaves_a_broken_cycles_journal_and_a_fresh_start_says_it_repl
 ) -> None:
     """A dry run writes nothing, the journal included: the paid samples stay for the real
     resume. A session without --selfopt-resume starts afresh and says whose journal it replaced."""
-    make_suite(pytester)
-    pytester.makeconftest(STOPPER)
+    broken_cycle(pytester, monkeypatch, 5)
     journal = pytester.path / ".pytest_cache" / "selfopt" / "journal.jsonl"
-    monkeypatch.setenv("STOP_AFTER", "5")
-    broken = pytester.runpytest("benchmarks", "--selfopt", no_reraise_ctrlc=True)
-    assert broken.ret == pytest.ExitCode.INTERRUPTED
-    monkeypatch.delenv("STOP_AFTER")
     kept = journal.read_bytes()
     for extra in (["--selfopt-resume"], []):
         dry = pytester.runpytest("benchmarks", "--selfopt", "--selfopt-dry-run", *extra)
@@ -104,12 +105,7 @@ def test_the_resume_command_drops_item_selection(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A cycle needs every item: a resume that kept ``-k`` could never close it."""
-    make_suite(pytester)
-    pytester.makeconftest(STOPPER)
-    monkeypatch.setenv("STOP_AFTER", "3")
-    args = ("benchmarks", "--selfopt", "-k", "not zzz", "-m", "not slow", "-x")
-    broken = pytester.runpytest(*args, no_reraise_ctrlc=True)
-    assert broken.ret == pytest.ExitCode.INTERRUPTED
+    broken = broken_cycle(pytester, monkeypatch, 3, "-k", "not zzz", "-m", "not slow", "-x")
     text = broken.stdout.str()
     command = text.split("finish this cycle without repeating them: ")[1].splitlines()[0]
     words = command.split()  # (pytester adds its own --basetemp)
