@@ -349,8 +349,9 @@ def test_malformed_history_refuses_the_write_and_writes_nothing(tmp_path: Path) 
         )
     assert snapshot(folder) == before
     (folder / "history.json").write_text("{nope")
-    with pytest.raises(FilesError, match="history.json: not valid JSON"):
+    with pytest.raises(FilesError, match="history.json: not valid JSON") as raised:
         read_state(folder)
+    assert "restore it with `git checkout -- " in str(raised.value)
 
 
 def test_non_utf8_file_is_a_files_error(tmp_path: Path) -> None:

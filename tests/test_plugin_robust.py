@@ -481,3 +481,17 @@ def test_an_option_without_its_companion_is_refused_not_ignored(
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert said in result.stderr.str()
     assert snapshot(pytester) == {} and not (pytester.path / "s.jsonl").exists()
+
+
+def test_a_test_path_that_does_not_exist_is_pytests_error_and_leaves_nothing(
+    pytester: pytest.Pytester,
+) -> None:
+    """Not "no test used the llm fixture" (the user would look in the wrong place), and no
+    empty baselines/ folder behind a cycle that wrote nothing."""
+    mini_suite(pytester)
+    result = run(pytester, "--selfopt", "-p", "no:cacheprovider", "no-such-folder")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    text = result.stdout.str()
+    assert "nothing ran: pytest refused the command line; nothing written" in text
+    assert "no test used the llm fixture" not in text
+    assert not (pytester.path / "baselines").exists()

@@ -47,6 +47,8 @@ def shard(pytester: pytest.Pytester, k: int, n: int, path: Path, *args: str) -> 
                  f"--selfopt-samples={path}", *args)  # fmt: skip
     assert result.ret == 0, result.stdout.str()
     assert "nothing written to baselines/" in result.stdout.str()
+    # a shard decides nothing: its closing line must not point at decisions
+    assert "(data, not errors: `selfopt decide` counts them)" in result.stdout.str()
 
 
 def decide(

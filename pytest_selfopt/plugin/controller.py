@@ -360,7 +360,8 @@ class Controller:
                 f"started afresh: the journal of a broken session ({self.replacing} sample(s)) "
                 "was replaced (--selfopt-resume would have reused them)",
             )
-        failures = sample_failures_line(self.collected.samples) if closed else None
+        shard = self.state.shard is not None
+        failures = sample_failures_line(self.collected.samples, shard) if closed else None
         if failures:
             self.summary.append(failures)
 
@@ -397,6 +398,11 @@ class Controller:
             for function, count in unjudged.items()
         ]
         samples = self.collected.judged_samples()
+        if not samples and exitstatus == pytest.ExitCode.USAGE_ERROR:
+            # e.g. a test path that does not exist: pytest says so; "no test used the llm
+            # fixture" would send the user looking in the wrong place
+            self.summary = ["nothing ran: pytest refused the command line; nothing written"]
+            return False
         if not samples:
             self.summary = [
                 *notes,

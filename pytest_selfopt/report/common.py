@@ -288,14 +288,16 @@ def check_headline(results: Sequence[RegressionResult]) -> str:
     return f"{len(bad)} of {len(results)} phase(s) regressed: " + ", ".join(bad)
 
 
-def sample_failures_line(samples: Sequence[Sample]) -> str | None:
+def sample_failures_line(samples: Sequence[Sample], shard: bool = False) -> str | None:
     """The closing line on failed samples: how many were wrong answers (or broke a
-    constraint) and how many failed in transport, so an outage is not read as a bad model."""
+    constraint) and how many failed in transport, so an outage is not read as a bad model.
+    ``shard``: a CI shard decides nothing; `selfopt decide` will count them."""
     failed = [s for s in samples if not s.passed]
     if not failed:
         return None
     transport = sum(s.transport_error for s in failed)
-    tail = "(data, not errors: the decisions above count them)"
+    who = "`selfopt decide` counts them" if shard else "the decisions above count them"
+    tail = f"(data, not errors: {who})"
     if not transport:
         return f"{len(failed)} of {len(samples)} samples failed their checks {tail}"
     checks = len(failed) - transport

@@ -83,6 +83,7 @@ class CycleLock:
         self.folder = Path(folder)
         self.path = self.folder / LOCK_FILE
         self.held = False
+        self._made_folder = False  # acquire created the folder: release removes it if empty
         self._pid = os.getpid()
         self._mine = f"{self._pid} {_start_time(self._pid)}".strip()
 
@@ -97,6 +98,7 @@ class CycleLock:
     def acquire(self) -> str | None:
         if self.held:
             return None
+        self._made_folder = not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
         note = None
         for attempt in range(20):
@@ -143,6 +145,11 @@ class CycleLock:
             try:
                 os.unlink(self.path)
             except FileNotFoundError:
+                pass
+        if self._made_folder:  # a cycle that wrote nothing leaves no empty baselines/ behind
+            try:
+                self.folder.rmdir()
+            except OSError:  # not empty (the cycle wrote its files), or gone
                 pass
 
     def __enter__(self) -> CycleLock:

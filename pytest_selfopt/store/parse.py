@@ -80,7 +80,7 @@ def load_yaml(text: str, name: str) -> Any:
 def empty_file_error(name: str) -> FilesError:
     """An empty (or null, or comment-only) committed file: never read as "nothing yet"."""
     return FilesError(
-        f"{name}: the file is empty (no `version:` and no `phases:`), so the committed state "
+        f"{name}: the file is empty, so the committed state "
         f"would be forgotten; restore it with `git checkout -- {name}`, or start over from "
         "the suite's initial spec by deleting baseline.yaml, routing.yaml, history.json and "
         "decisions.log together"
@@ -389,7 +389,9 @@ def parse_history(text: str, name: str) -> list[dict[str, Any]]:
     except LimitError as exc:
         raise FilesError(f"{name}: {exc}; restore it from git") from None
     except json.JSONDecodeError as exc:
-        raise FilesError(f"{name}: not valid JSON: {exc}") from None
+        raise FilesError(
+            f"{name}: not valid JSON: {exc}; restore it with `git checkout -- {name}`"
+        ) from None
     if doc is None:
         raise empty_file_error(name)
     top = _mapping(doc, name, "(top level)")
