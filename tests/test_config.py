@@ -146,6 +146,8 @@ def test_variant_render_keeps_braces_in_prompts_literal(tmp_path: Path) -> None:
 
 BAD: list[tuple[str, str, str]] = [
     # (yaml text, key, substring of the message after the key)
+    # a boolean is echoed as YAML spells it, not as Python does
+    (edit(max_candidates=True), "max_candidates", "expected a whole number >= 0, got true"),
     (
         edit(gates={"max_variance": "abc"}),
         "gates.max_variance",

@@ -57,8 +57,12 @@ def display_path(path: str | Path) -> str:
 
 
 def show(value: Any, limit: int = 80) -> str:
-    """A short repr for 'got ...' (never called on secrets)."""
-    text = "null (empty)" if value is None else repr(plain(value))
+    """A short repr for 'got ...' (never called on secrets), booleans spelled as the YAML
+    file spells them."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    else:
+        text = "null (empty)" if value is None else repr(plain(value))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
