@@ -281,6 +281,10 @@ GOOD = dump_baseline(baselines_of())
             lambda t: t.replace("variant: native_api", "variant: atomic", 1),
             "phases.atomic.spec_id: spec_id does not match the spec",
         ),
+        (  # what to do about it: restore the file, or keep the edit
+            lambda t: t.replace("variant: native_api", "variant: atomic", 1),
+            "restore the file with `git checkout -- ",
+        ),
         (
             lambda t: t.replace("      runs: 7", "      runs: 7.5", 1),
             "phases.atomic.metrics.runs: expected a whole number >= 0, got 7.5",

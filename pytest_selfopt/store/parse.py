@@ -171,7 +171,9 @@ def _check_spec_id(spec: Spec, value: Any, name: str, key: str) -> None:
     if value != spec.id:
         raise FilesError(
             f"{name}: {key}.spec_id: spec_id does not match the spec (expected {spec.id}, "
-            f"got {_got(value)}); was it edited by hand? delete spec_id to recompute"
+            f"got {_got(value)}): its model, variant or a knob was edited by hand; restore "
+            f"the file with `git checkout -- {name}`, or delete spec_id to keep the edit (the "
+            "edited spec must still name a model and variant of the suite config)"
         )
 
 
