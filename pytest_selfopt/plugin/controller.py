@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
 import sys
-import threading
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_selfopt.plugin import racing, startup
+from pytest_selfopt.plugin import interrupts, racing
 from pytest_selfopt.plugin.codec import Collected, payload_of
 from pytest_selfopt.plugin.items import CONFIG_ERROR_MARK, collection_error
 from pytest_selfopt.plugin.prefetch import OUTPUT_KEY as PREFETCH_OUTPUT_KEY
@@ -217,11 +214,11 @@ class Controller:
         ``replace``, "line -1"), and rendering that entry raises TypeError inside pytest,
         which then ends with a 200-line traceback and status 1. Such entries are dropped."""
         if self.state.measuring:
-            excinfo.traceback = excinfo.traceback.filter(_renderable)
+            excinfo.traceback = excinfo.traceback.filter(interrupts.renderable)
         yield
-        self._quiet_interrupt(excinfo)
+        self._drop_banner(excinfo)
 
-    def _quiet_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    def _drop_banner(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
         if not isinstance(excinfo.value, KeyboardInterrupt) or not self.state.measuring:
             return
         if isinstance(excinfo.value, pytest.Session.Interrupted):
@@ -304,7 +301,7 @@ class Controller:
             return
         if self.config.getoption("collectonly"):
             return
-        with quiet_interrupt(self.config, self._interrupted_line, self._before_exit):
+        with interrupts.held_until_written(self.config, self._interrupted_line, self._before_exit):
             self._finish(session, exitstatus)
 
     def _interrupted_line(self) -> str:
@@ -370,11 +367,7 @@ class Controller:
             self.board.close()
         if self.prepared is not None and self.prepared.lock is not None:
             self.prepared.lock.release()
-        if startup.owns_process() and hasattr(signal, "pthread_sigmask"):
-            # Only the interpreter's exit is left, and it puts SIGINT's default action back
-            # before it ends: a Ctrl-C then would end the process by the signal after the
-            # summary (status 130). Everything is said and written: let it wait unanswered.
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        interrupts.unanswered_from_here()
 
     def close(self, session: pytest.Session, exitstatus: int) -> bool:
         """Close the cycle; False when nothing was decided."""
@@ -573,52 +566,6 @@ class ControllerXdist:
             self.controller.board.add_channel(channel)
 
 
-@contextmanager
-def quiet_interrupt(
-    config: pytest.Config, line: Callable[[], str], before_exit: Callable[[], None]
-) -> Iterator[None]:
-    """Ctrl-C waits while the cycle is closed (decided and written, or given up), then, until
-    the process ends, ends it at once with ``line()`` and exit status 2: a traceback from
-    xdist's teardown or another plugin's sessionfinish would only make people believe nothing
-    was written (docs/reliability.md). ``before_exit`` runs first (summary, journal, lock)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def after_write(signum: int, frame: object) -> None:
-        try:
-            sys.stdout.flush()  # the summary printed so far; os._exit would drop it
-        except (OSError, RuntimeError, ValueError):
-            pass
-        try:
-            before_exit()
-        finally:
-            os.write(2, f"\nselfopt: {line()}\n".encode())
-            os._exit(2)
-
-    # The handler is swapped, not the signal mask: the kernel may hand SIGINT to another
-    # thread (prefetch), and Python then runs the handler in the main thread anyway.
-    received: list[int] = []
-
-    def hold(signum: int, frame: object) -> None:
-        received.append(signum)
-
-    previous = signal.signal(signal.SIGINT, hold)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, after_write)
-
-        def restore() -> None:
-            if startup.owns_process():  # only the interpreter's exit is left: stay quiet
-                return
-            signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
-
-        config.add_cleanup(restore)
-        if received:
-            signal.raise_signal(signal.SIGINT)
-
-
 #: Options that select items (with their value): a resume needs every item of the plan, so
 #: the command it suggests drops them, or it could never close the cycle.
 SELECTING = ("-k", "-m", "--deselect")
@@ -639,14 +586,6 @@ def _resume_args(args: Sequence[str]) -> list[str]:
         else:
             out.append(arg)
     return out
-
-
-def _renderable(entry: Any) -> bool:
-    """Whether pytest can render this traceback entry (CPython knows its line)."""
-    try:
-        return isinstance(entry.lineno, int)
-    except TypeError:
-        return False
 
 
 def _shown(path: Path) -> str:
