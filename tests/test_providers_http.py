@@ -33,7 +33,8 @@ from pytest_selfopt.models.base import (
     parse_retry_after,
     redact,
 )
-from pytest_selfopt.models.runner import Answer, Breaker, Runner
+from pytest_selfopt.models.breaker import Breaker
+from pytest_selfopt.models.runner import Answer, Runner
 from pytest_selfopt.models.simserver import SimServer
 
 Start = Callable[..., SimServer]

@@ -28,9 +28,9 @@ every reference a simulated provider gets, so each cycle draws fresh simulated d
 Fallbacks are tried after the primary model gives up with any transport failure,
 non-retryable ones (``http_4xx``, ``config``) included: each model gets the spec's knobs.
 
-An endpoint that refuses connections (a server that is down) is not hammered: after
-``BREAKER_THRESHOLD`` consecutive ``connect`` failures on one endpoint (provider and URL) with no
-answer in between, its circuit opens; further attempts on it fail at once as ``connect``, with no
+An endpoint that refuses connections (a server that is down) is not hammered
+(``models/breaker.py``): after ``BREAKER_THRESHOLD`` consecutive ``connect`` failures on one
+endpoint (provider and URL) with no answer in between, its circuit opens; further attempts on it fail at once as ``connect``, with no
 backoff sleep and latency 0, and one real attempt is let through every ``BREAKER_RETRY_S`` of wall
 time; an answer (or any reply from the server) closes it. Per process, thread-safe. Samples stay
 ``connect``, so the loop's outage diagnosis reads them as before; a down server's cycle takes
@@ -63,6 +63,7 @@ from pytest_selfopt.models.base import (
     create_provider,
     display_url,
 )
+from pytest_selfopt.models.breaker import Breaker
 from pytest_selfopt.models.ratelimit import Limiter, Limits, Permit
 from pytest_selfopt.models.sim import draw
 
@@ -71,71 +72,6 @@ BACKOFF_CAP_S = 8.0
 RETRY_AFTER_CAP_S = 30.0
 WARMUP_BUDGET = 5
 WARMUP_PROMPT = "ping"
-#: Consecutive connection failures on one endpoint that open its circuit.
-BREAKER_THRESHOLD = 5
-#: While open, one real attempt is let through this often (wall seconds).
-BREAKER_RETRY_S = 2.0
-
-
-class Breaker:
-    """One endpoint's circuit: closed while it answers; open after ``threshold`` consecutive
-    ``connect`` failures; then one trial attempt per ``retry_s`` (half-open), closed again by
-    any reply. Thread-safe: calls made ahead share it."""
-
-    def __init__(
-        self,
-        where: str,
-        *,
-        threshold: int = BREAKER_THRESHOLD,
-        retry_s: float = BREAKER_RETRY_S,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.where = where
-        self.threshold = threshold
-        self.retry_s = retry_s
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._failures = 0
-        self._last_try = 0.0
-        self._trial = False  # a half-open trial attempt is out
-        self.short_circuited = 0  # attempts failed at once, for tests and reports
-
-    @property
-    def open(self) -> bool:
-        with self._lock:
-            return self._failures >= self.threshold
-
-    def allow(self) -> bool:
-        """Whether an attempt may go to the endpoint now (closed, or this is the trial)."""
-        with self._lock:
-            if self._failures < self.threshold:
-                return True
-            now = self._clock()
-            if not self._trial and now - self._last_try >= self.retry_s:
-                self._trial = True
-                self._last_try = now
-                return True
-            self.short_circuited += 1
-            return False
-
-    def record(self, kind: str | None) -> None:
-        """An attempt's outcome: ``connect`` counts, anything else (an answer, any reply, a
-        timeout) shows the endpoint is there and closes the circuit."""
-        with self._lock:
-            self._trial = False
-            if kind == "connect":
-                self._failures += 1
-                if self._failures == self.threshold:
-                    self._last_try = self._clock()
-            else:
-                self._failures = 0
-
-    def refusal(self) -> ProviderError:
-        return ProviderError(
-            "connect",
-            f"not tried: {self.threshold} consecutive connection failures to {self.where}; "
-            f"the circuit re-tries every {self.retry_s:g} s",
-        )
 
 
 class ModelLike(Protocol):
