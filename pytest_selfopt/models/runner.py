@@ -30,11 +30,12 @@ non-retryable ones (``http_4xx``, ``config``) included: each model gets the spec
 
 An endpoint that refuses connections (a server that is down) is not hammered
 (``models/breaker.py``): after ``BREAKER_THRESHOLD`` consecutive ``connect`` failures on one
-endpoint (provider and URL) with no answer in between, its circuit opens; further attempts on it fail at once as ``connect``, with no
-backoff sleep and latency 0, and one real attempt is let through every ``BREAKER_RETRY_S`` of wall
-time; an answer (or any reply from the server) closes it. Per process, thread-safe. Samples stay
-``connect``, so the loop's outage diagnosis reads them as before; a down server's cycle takes
-seconds instead of every sample's backoff (docs/performance.md). Not for simulated time.
+endpoint (provider and URL) with no answer in between, its circuit opens; further attempts on it
+fail at once as ``connect``, with no backoff sleep and latency 0, and one real attempt is let
+through every ``BREAKER_RETRY_S`` of wall time; an answer (or any reply from the server) closes
+it. Per process, thread-safe. Samples stay ``connect``, so the loop's outage diagnosis reads
+them as before; a down server's cycle takes seconds instead of every sample's backoff
+(docs/performance.md). Not for simulated time.
 
 Many threads may call ``ask`` at once (docs/performance.md, "Calls in flight"): every attempt
 and warm-up ping of a model that really waits first takes a permit from the model's
