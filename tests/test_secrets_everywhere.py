@@ -1,6 +1,6 @@
 """No configured secret, in any encoding a server can echo, reaches any output or file (issue 12).
 
-tests/test_providers_http.py and tests/test_http_cycle.py cover a 401 that quotes the request
+tests/test_secrets.py and tests/test_http_cycle.py cover a 401 that quotes the request
 headers back. Here the server's error *bodies* carry the secrets themselves, in every encoding
 (raw, JSON-escaped with ``\\/``, URL-encoded, base64 of the key and of ``user:key``), in shapes a
 provider could send (a JSON error, an HTML page, a deep JSON document, plain text), and the
@@ -21,12 +21,13 @@ from collections.abc import Iterator
 import pytest
 from _simserver_fixture import GOOD, sim_servers
 from suites import STOP_AFTER_CONFTEST
-from test_providers_http import SLASH_KEY, SUITE, TEST, Start, leaks
+from test_providers_http import Start
+from test_secrets import SLASH_KEY, SUITE, TEST, leaks
 
 from pytest_selfopt.models.simserver import SimServer
 
 TOKEN = "tok/OTHER+SECRET=99/abcdefgh"
-#: tests/test_providers_http.py's suite, one request per item (no warm-up ping, no retry), so
+#: tests/test_secrets.py's suite, one request per item (no warm-up ping, no retry), so
 #: each error body below reaches an item.
 QUIET_SUITE = SUITE.replace("retries: 1", "retries: 0").replace("warmup: true", "warmup: false")
 CASES = """
