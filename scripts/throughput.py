@@ -7,7 +7,8 @@
         --inspect-python /tmp/inspect-venv/bin/python                      # Inspect AI, same server
 
 Starts a server on 127.0.0.1 (its own process, its own request counter) that answers every
-``POST /v1/chat/completions`` after ``--latency-ms`` (50). Prompt i is "Reply with the word
+``POST /v1/chat/completions`` ``--latency-ms`` (50) after the request's first byte (a thread
+per connection, so that an answer leaves on time: column ``srv ms`` shows it). Prompt i is "Reply with the word
 wNNNN." and the answer is "wNNNN", so every sample passes. In a temporary folder it lays out
 a pytest-selfopt suite of N such prompts (one ``provider: openai`` model pointing at the
 server, baseline only: no ``search``, ``max_candidates: 0``) and runs one ``pytest --selfopt``
@@ -24,8 +25,8 @@ not a dependency of this project.
 For each run it prints the calls the server served, the wall time, calls/s, the latency-bound
 limit (C / latency), the fraction of it reached, the peak memory of the whole process tree
 (RSS summed over the root process and its descendants, sampled from /proc every 50 ms) and
-the unconsumed calls (server calls - samples recorded, read from ``--selfopt-json`` or the
-Inspect log). Unless ``--prompts 1`` or ``--no-startup``, a 1-prompt x 7 run at the same
+the unconsumed calls (server calls - samples recorded, read from the cycle's closing lines
+or the Inspect log). Unless ``--prompts 1`` or ``--no-startup``, a 1-prompt x 7 run at the same
 concurrency comes first: its wall time is the start-up time. A run is stopped (its process
 group killed) past ``--timeout-s`` or ``--max-rss-mb``. Linux only (/proc).
 
@@ -44,7 +45,7 @@ measured the same way; say so when reporting figures measured with it.
 from __future__ import annotations
 
 import argparse
-import asyncio
+import io
 import json
 import multiprocessing
 import multiprocessing.connection
@@ -53,6 +54,7 @@ import os
 import re
 import shutil
 import signal
+import socketserver
 import statistics
 import subprocess
 import sys
@@ -71,6 +73,7 @@ MODEL = "fixed"
 ANSWER = re.compile(r"Reply with the word (\w+)")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MAX_HEADER_LINES = 100
+MAX_LINE_BYTES = 1 << 16
 MAX_BODY_BYTES = 1 << 20
 IDLE_CONNECTION_S = 120.0
 
@@ -80,8 +83,10 @@ def prompt(i: int) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# The server: asyncio in a process of its own, so that neither the memory sampler nor the
-# measured tree shares its interpreter. Counters live in shared memory.
+# The server: in a process of its own, so that neither the memory sampler nor the measured
+# tree shares its interpreter; a thread per connection, so that each answer leaves on time
+# (an asyncio timer wakes up to 1 ms late: epoll counts whole milliseconds). Counters live in
+# shared memory.
 
 
 class IntCell(Protocol):
@@ -94,13 +99,14 @@ class FloatCell(Protocol):
 
 @dataclass
 class ServerCounters:
-    """Shared-memory cells, written by the server process only (no lock needed)."""
+    """Shared-memory cells, written by the server process only (under its own lock)."""
 
     calls: IntCell
     other: IntCell
     in_flight_peak: IntCell
     first_at: FloatCell
     last_at: FloatCell
+    latency_sum: FloatCell  # seconds from each call's first byte to its answer, summed
 
 
 def _answer(body: Any) -> str:
@@ -165,11 +171,11 @@ def _completion(body: Any, n: int, answer: str) -> bytes:
     return json.dumps(doc).encode()
 
 
-async def _read_request(
-    reader: asyncio.StreamReader,
-) -> tuple[str, str, bool, bytes] | None:
-    """(method, path, keep_alive, body) of the next request, None at the end of the connection."""
-    line = await asyncio.wait_for(reader.readline(), IDLE_CONNECTION_S)
+def _read_request(rfile: io.BufferedIOBase) -> tuple[str, str, bool, bytes, float] | None:
+    """(method, path, keep_alive, body, first byte's time) of the next request, None at the
+    end of the connection."""
+    line = rfile.readline(MAX_LINE_BYTES)
+    arrived = time.monotonic()
     if not line:
         return None
     parts = line.decode("latin-1").split()
@@ -178,7 +184,7 @@ async def _read_request(
     method, path, version = parts
     headers: dict[str, str] = {}
     for _ in range(MAX_HEADER_LINES):
-        raw = await reader.readline()
+        raw = rfile.readline(MAX_LINE_BYTES)
         if raw in (b"\r\n", b"\n", b""):
             break
         name, _, value = raw.decode("latin-1").partition(":")
@@ -189,86 +195,111 @@ async def _read_request(
     if headers.get("transfer-encoding", "").lower() == "chunked":
         chunks: list[bytes] = []
         for _ in range(MAX_BODY_BYTES):
-            size = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
+            size = int(rfile.readline(MAX_LINE_BYTES).split(b";")[0].strip() or b"0", 16)
             if size == 0:
-                await reader.readline()
+                rfile.readline(MAX_LINE_BYTES)
                 break
-            chunks.append(await reader.readexactly(size))
-            await reader.readline()
+            chunks.append(_read_exactly(rfile, size))
+            rfile.readline(MAX_LINE_BYTES)
         body = b"".join(chunks)
     elif (length := int(headers.get("content-length", "0") or 0)) > 0:
-        body = await reader.readexactly(min(length, MAX_BODY_BYTES))
+        body = _read_exactly(rfile, min(length, MAX_BODY_BYTES))
     connection = headers.get("connection", "").lower()
     keep_alive = connection != "close" and (version != "HTTP/1.0" or connection == "keep-alive")
-    return method, path, keep_alive, body
+    return method, path, keep_alive, body, arrived
 
 
-async def _serve(
-    latency_s: float,
-    counters: ServerCounters,
-    ready: multiprocessing.connection.Connection,
-    stop: multiprocessing.synchronize.Event,
-    lifetime_s: float,
-    parent_pid: int,
-) -> None:
-    in_flight = 0
+def _read_exactly(rfile: io.BufferedIOBase, size: int) -> bytes:
+    data = rfile.read(size)
+    if len(data) != size:
+        raise ConnectionError("the connection ended inside a request body")
+    return data
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal in_flight
-        try:
-            while (request := await _read_request(reader)) is not None:
-                method, path, keep_alive, raw = request
-                if method == "POST" and path.rstrip("/").endswith("/chat/completions"):
-                    counters.calls.value += 1
-                    n = counters.calls.value
-                    now = time.time()
-                    if counters.first_at.value == 0.0:
-                        counters.first_at.value = now
-                    in_flight += 1
-                    counters.in_flight_peak.value = max(counters.in_flight_peak.value, in_flight)
-                    try:
-                        await asyncio.sleep(latency_s)
-                    finally:
-                        in_flight -= 1
-                    try:
-                        body = json.loads(raw or b"{}")
-                    except ValueError:
-                        body = {}
-                    payload = _completion(body, n, _answer(body))
-                    ctype = (
-                        "text/event-stream"
-                        if isinstance(body, dict) and body.get("stream")
-                        else "application/json"
-                    )
-                    status = "200 OK"
-                    counters.last_at.value = time.time()
-                else:
-                    counters.other.value += 1
-                    error = {"error": {"message": f"no route {method} {path}"}}
-                    payload = json.dumps(error).encode()
-                    ctype, status = "application/json", "404 Not Found"
-                head = (
-                    f"HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\n"
-                    f"content-length: {len(payload)}\r\n"
-                    f"connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n"
+
+class _Calls:
+    """The server's per-run bookkeeping, shared by its connection threads."""
+
+    def __init__(self, counters: ServerCounters, latency_s: float) -> None:
+        self.counters = counters
+        self.latency_s = latency_s
+        self.lock = threading.Lock()
+        self.in_flight = 0
+
+    def started(self, arrived: float) -> int:
+        c = self.counters
+        with self.lock:
+            c.calls.value += 1
+            if c.first_at.value == 0.0:
+                c.first_at.value = time.time() - (time.monotonic() - arrived)
+            self.in_flight += 1
+            c.in_flight_peak.value = max(c.in_flight_peak.value, self.in_flight)
+            return int(c.calls.value)
+
+    def answered(self, arrived: float) -> None:
+        c = self.counters
+        with self.lock:
+            self.in_flight -= 1
+            c.last_at.value = time.time()
+            c.latency_sum.value += time.monotonic() - arrived
+
+
+def _handler(calls: _Calls) -> type[socketserver.StreamRequestHandler]:
+    class Handler(socketserver.StreamRequestHandler):
+        timeout = IDLE_CONNECTION_S
+        disable_nagle_algorithm = True
+
+        def handle(self) -> None:
+            try:
+                while (request := _read_request(self.rfile)) is not None:
+                    if not self._answer(*request):
+                        break
+            except (TimeoutError, OSError, ValueError):
+                pass
+
+        def _answer(
+            self, method: str, path: str, keep_alive: bool, raw: bytes, arrived: float
+        ) -> bool:
+            call = method == "POST" and path.rstrip("/").endswith("/chat/completions")
+            if call:
+                n = calls.started(arrived)
+                try:
+                    body = json.loads(raw or b"{}")
+                except ValueError:
+                    body = {}
+                payload = _completion(body, n, _answer(body))
+                ctype = (
+                    "text/event-stream"
+                    if isinstance(body, dict) and body.get("stream")
+                    else "application/json"
                 )
-                writer.write(head.encode() + payload)
-                await writer.drain()
-                if not keep_alive:
-                    break
-        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, ValueError):
-            pass
-        finally:
-            writer.close()
+                status = "200 OK"
+                # The latency counts from the request's first byte: parsing it is the server's
+                # time, not the client's.
+                time.sleep(max(0.0, arrived + calls.latency_s - time.monotonic()))
+            else:
+                with calls.lock:
+                    calls.counters.other.value += 1
+                error = {"error": {"message": f"no route {method} {path}"}}
+                payload = json.dumps(error).encode()
+                ctype, status = "application/json", "404 Not Found"
+            head = (
+                f"HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\n"
+                f"content-length: {len(payload)}\r\n"
+                f"connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n"
+            )
+            self.wfile.write(head.encode() + payload)
+            if call:
+                calls.answered(arrived)
+            return keep_alive
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=2048)
-    ready.send(server.sockets[0].getsockname()[1])
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + lifetime_s
-    # Stops by itself: when told, when its lifetime ends, or when the script is gone.
-    while not stop.is_set() and loop.time() < deadline and os.getppid() == parent_pid:
-        await asyncio.sleep(0.1)
-    server.close()
+    return Handler
+
+
+class _ThreadingServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 2048
+    block_on_close = False
 
 
 def _server_main(
@@ -283,7 +314,15 @@ def _server_main(
     if boost:
         os.setsid()
         boost_autogroup()
-    asyncio.run(_serve(latency_s, counters, ready, stop, lifetime_s, parent_pid))
+    server = _ThreadingServer(("127.0.0.1", 0), _handler(_Calls(counters, latency_s)))
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    ready.send(server.server_address[1])
+    deadline = time.monotonic() + lifetime_s
+    # Stops by itself: when told, when its lifetime ends, or when the script is gone.
+    while not stop.wait(0.1) and time.monotonic() < deadline and os.getppid() == parent_pid:
+        pass
+    server.shutdown()
+    server.server_close()
 
 
 class FixedLatencyServer:
@@ -298,6 +337,7 @@ class FixedLatencyServer:
             in_flight_peak=ctx.RawValue("q", 0),
             first_at=ctx.RawValue("d", 0.0),
             last_at=ctx.RawValue("d", 0.0),
+            latency_sum=ctx.RawValue("d", 0.0),
         )
         self._stop = ctx.Event()
         parent_end, child_end = ctx.Pipe(duplex=False)
@@ -317,7 +357,7 @@ class FixedLatencyServer:
         """Zero the per-run figures (the server is idle between runs)."""
         c = self.counters
         c.calls.value = c.other.value = c.in_flight_peak.value = 0
-        c.first_at.value = c.last_at.value = 0.0
+        c.first_at.value = c.last_at.value = c.latency_sum.value = 0.0
 
     def close(self) -> None:
         self._stop.set()
@@ -474,6 +514,7 @@ class Result:
     passed: int | None
     window_s: float  # first to last call at the server
     in_flight_peak: int
+    server_latency_s: float  # mean, first byte of a call to its answer, at the server
     tree: TreeRun
 
     def limit(self, latency_s: float) -> float:
@@ -572,8 +613,6 @@ def run_selfopt(
     if not suite.exists():
         write_suite(suite, prompts, server.base_url)
     shutil.rmtree(suite / "baselines", ignore_errors=True)  # every run is a first cycle
-    report = suite / "selfopt.json"
-    report.unlink(missing_ok=True)
     parallel = (
         ["-n", str(concurrency)] if mode == "xdist" else ["--selfopt-concurrency", str(concurrency)]
     )
@@ -585,8 +624,6 @@ def run_selfopt(
         "--selfopt",
         "--selfopt-runs",
         str(RUNS),
-        "--selfopt-json",
-        str(report),
         "-q",
         "-p",
         "no:cacheprovider",
@@ -594,16 +631,31 @@ def run_selfopt(
     ]
     env = measured_env(work)
     server.reset()
-    tree = run_tree(argv, suite, env, suite / "pytest.log", timeout_s, limit_bytes, boost)
-    samples = passed = None
-    if report.exists():
-        doc = json.loads(report.read_text())
-        samples = len(doc["samples"])
-        passed = sum(1 for s in doc["samples"] if s.get("passed"))
+    log = suite / "pytest.log"
+    tree = run_tree(argv, suite, env, log, timeout_s, limit_bytes, boost)
+    samples, passed = selfopt_counts(log.read_text(errors="replace"))
     if tree.returncode != 0 and not tree.aborted:
-        tail = (suite / "pytest.log").read_text(errors="replace")[-3000:]
+        tail = log.read_text(errors="replace")[-3000:]
         print(f"pytest exited {tree.returncode}:\n{tail}", file=sys.stderr)
     return _result(f"selfopt {mode}", server, prompts, concurrency, samples, passed, tree)
+
+
+#: pytest's closing line under --selfopt ("2100 samples in 11.58s": every sample, passed or
+#: not) and the plugin's line on failed samples ("3 of 2100 samples failed ...").
+SAMPLES_LINE = re.compile(r"\b(\d+) samples? in [\d.]+s")
+FAILED_LINE = re.compile(r"^(\d+) of \d+ samples failed", re.MULTILINE)
+
+
+def selfopt_counts(output: str) -> tuple[int | None, int | None]:
+    """(samples recorded, passed) from a cycle's terminal output; None when it has no count.
+    Read from the output rather than from ``--selfopt-json``, which would add writing a report
+    of every sample to the measured run (a user's cycle does not write one)."""
+    found = SAMPLES_LINE.findall(output)
+    if not found:
+        return None, None
+    samples = int(found[-1])
+    failed = FAILED_LINE.findall(output)
+    return samples, samples - (int(failed[-1]) if failed else 0)
 
 
 INSPECT_LOG_READER = """
@@ -705,6 +757,7 @@ def _result(
         passed=passed,
         window_s=window,
         in_flight_peak=c.in_flight_peak.value,
+        server_latency_s=c.latency_sum.value / c.calls.value if c.calls.value else 0.0,
         tree=tree,
     )
 
@@ -714,7 +767,8 @@ def _result(
 
 HEADER = (
     f"{'run':34} {'calls':>6} {'samples':>7} {'unused':>6} {'wall s':>7} {'calls/s':>8} "
-    f"{'limit/s':>7} {'of lim':>6} {'win c/s':>8} {'inflt':>5} {'peak MB':>8} {'procs':>5} "
+    f"{'limit/s':>7} {'of lim':>6} {'win c/s':>8} {'srv ms':>6} {'inflt':>5} {'peak MB':>8} "
+    f"{'procs':>5} "
     f"{'load':>5}"
 )
 
@@ -729,7 +783,8 @@ def row(r: Result, latency_s: float, kind: str) -> str:
     samples = "-" if r.samples is None else str(r.samples)
     line = (
         f"{name:34} {r.calls:6d} {samples:>7} {unused:>6} {t.wall_s:7.2f} {rate:8.1f} "
-        f"{limit:7.0f} {rate / limit:6.1%} {win:8.1f} {r.in_flight_peak:5d} "
+        f"{limit:7.0f} {rate / limit:6.1%} {win:8.1f} {r.server_latency_s * 1000:6.2f} "
+        f"{r.in_flight_peak:5d} "
         f"{t.peak_bytes / 2**20:8.0f} {t.peak_procs:5d} {t.load:5.1f}"
     )
     notes = []
@@ -899,11 +954,25 @@ def main(argv: list[str] | None = None) -> int:
                         f"  {n}x{RUNS}: wall {_spread(walls, '.2f')} s, "
                         f"{_spread(rates, '.0f')} calls/s, peak {_spread(mbs, '.0f')} MB"
                     )
+                if len(sizes) > 1 and results[1] and results[args.prompts]:
+                    startup = statistics.median(r.tree.wall_s for r in results[1])
+                    after = [
+                        r.calls / (r.tree.wall_s - startup)
+                        for r in results[args.prompts]
+                        if r.tree.wall_s > startup
+                    ]
+                    wins = [r.calls / r.window_s for r in results[args.prompts] if r.window_s]
+                    print(
+                        f"  {args.prompts}x{RUNS} after the median start-up ({startup:.2f} s): "
+                        f"{_spread(after, '.0f')} calls/s; first to last call: "
+                        f"{_spread(wins, '.0f')} calls/s"
+                    )
     finally:
         server.close()
     print(
         "columns: unused = server calls - samples recorded; limit/s = C / latency; "
-        "win c/s = calls / (last - first call at the server); inflt = peak calls in flight "
+        "win c/s = calls / (last - first call at the server); srv ms = mean time from a "
+        "call's first byte to its answer at the server; inflt = peak calls in flight "
         "at the server; peak MB = peak RSS summed over the process tree; load = 1-min load "
         "average at the start of the run (it still holds the tail of the previous run)"
     )

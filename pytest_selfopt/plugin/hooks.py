@@ -23,6 +23,7 @@ from pytest_selfopt.argtypes import (
     run_count,
     whole_number,
 )
+from pytest_selfopt.plugin import heap
 from pytest_selfopt.plugin.codec import Point, Shipment
 from pytest_selfopt.plugin.controller import (
     CONFIG_ERROR_KEY,
@@ -171,7 +172,11 @@ def pytest_configure(config: pytest.Config) -> None:
         if (channel := workerinput.get(CHANNEL_KEY)) is not None:
             state.race = ChannelRaceReader(channel)
         config.pluginmanager.register(Worker(state), "selfopt_worker")
+        if state.measuring:  # an xdist worker exists for the session
+            config.pluginmanager.register(heap.Freezer(), heap.NAME)
         return
+    if startup.owns_process():
+        config.pluginmanager.register(heap.Freezer(), heap.NAME)
     controller = Controller(config, state)
     config.pluginmanager.register(controller, CONTROLLER_NAME)
     startup.release()  # the controller handles a Ctrl-C from here on (pytest_keyboard_interrupt)
