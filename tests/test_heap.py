@@ -13,7 +13,7 @@ from suites import mini_suite, run, run_subprocess
 #: Registered when pytest imports the conftest, before the session starts and so before the
 #: plugin's own exit handler: atexit runs it after the plugin's (last in, first out).
 CONFTEST = """
-import atexit, gc, json
+import atexit, gc, json, os
 
 KEPT = []
 SEEN = {}
@@ -24,22 +24,34 @@ def pytest_sessionfinish(session):
 
 def _exit():
     SEEN["exit"] = gc.get_freeze_count()
-    with open("freeze.json", "w") as f:
+    role = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    with open(f"freeze-{role}.json", "w") as f:
         json.dump(SEEN, f)
 
 atexit.register(_exit)
 """
 
 
-def test_a_selfopt_process_freezes_after_collection_and_at_exit(pytester: pytest.Pytester) -> None:
+@pytest.mark.parametrize("xdist", [False, True])
+def test_a_selfopt_process_freezes_after_collection_and_at_exit(
+    pytester: pytest.Pytester, xdist: bool
+) -> None:
     mini_suite(pytester)
     pytester.makeconftest(CONFTEST)
-    result = run_subprocess(pytester, "--selfopt", "-p", "no:cacheprovider")
+    result = run_subprocess(
+        pytester, "--selfopt", "-p", "no:cacheprovider", *(["-n", "2"] if xdist else [])
+    )
     assert result.ret == 0, result.stdout.str()
-    seen = json.loads((pytester.path / "freeze.json").read_text())
-    assert seen["sessionfinish"] > 0  # frozen once the items were collected
-    # ... and at the exit, the 20,000 lists made after it as well
-    assert seen["exit"] >= seen["sessionfinish"] + 20000
+    seen = {
+        path.stem.removeprefix("freeze-"): json.loads(path.read_text())
+        for path in pytester.path.glob("freeze-*.json")
+    }
+    items_here = ["gw0", "gw1"] if xdist else ["main"]
+    assert sorted(seen) == sorted({"main", *items_here})
+    for role in items_here:  # frozen once the items were collected
+        assert seen[role]["sessionfinish"] > 0, role
+    for role, counts in seen.items():  # ... and at the exit, the 20,000 lists made after it
+        assert counts["exit"] >= counts["sessionfinish"] + 20000, role
 
 
 def test_a_session_in_another_programs_process_leaves_the_collector_alone(

@@ -94,6 +94,8 @@ KINDS: tuple[DiagnosisKind, ...] = tuple(DiagnosisKind)
 
 def cold_start_samples(patterns: Sequence[CasePattern]) -> dict[str, list[tuple[str, int]]]:
     """Per worker, its cold-start samples as ``(case_id, index in the case's pattern)``."""
+    if not any(k in TRANSPORT_ERROR_KINDS for p in patterns for k in p.error_kinds):
+        return {}  # no transport failure at all: nothing to order (a healthy cycle's close)
     by_worker: dict[str, list[tuple[float, int, str, int, bool, str | None]]] = defaultdict(list)
     for p in patterns:
         started = p.started_at or (0.0,) * len(p.outcomes)
