@@ -31,6 +31,18 @@ def run_count(text: str) -> int:
     return value
 
 
+def concurrency(text: str) -> int:
+    """argparse type for ``--selfopt-concurrency``: 1 to 1,000, as ``concurrency`` in the
+    suite config (each call in flight is a thread)."""
+    value = whole_number(text, 1)
+    if value > 1000:
+        raise argparse.ArgumentTypeError(
+            f"expected at most 1000 calls in flight per process (as `concurrency` in the suite "
+            f"config), got {text!r}"
+        )
+    return value
+
+
 def positive_int(text: str) -> int:
     return whole_number(text, 1)
 

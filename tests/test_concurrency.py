@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -78,6 +81,33 @@ def test_facts(case, llm):
     second = llm.ask("Repeat: " + case.prompt)
     assert second
     case.check(first)
+"""
+
+#: Skips case three once its call made ahead has answered: the call went unused.
+SKIPS_AFTER_THE_CALL = """\
+import pytest
+from pytest_selfopt import load_cases
+
+@pytest.mark.parametrize("case", load_cases("facts.yaml"))
+def test_facts(case, llm):
+    if case.id == "three":
+        assert llm.prefetched is not None, "expected a call made ahead for this item"
+        llm.prefetched.future.result()
+        pytest.skip("not this one")
+    case.check(llm.ask(case.prompt))
+"""
+
+#: A test bug in case two: the cycle stops while the next items' calls are in flight.
+BUG_IN_CASE_TWO = """\
+import pytest
+from pytest_selfopt import load_cases
+
+@pytest.mark.parametrize("case", load_cases("facts.yaml"))
+def test_facts(case, llm):
+    reply = llm.ask(case.prompt)
+    if case.id == "two":
+        raise RuntimeError("a bug in the test")
+    case.check(reply)
 """
 
 UNCONSUMED = re.compile(r"(\d+) unconsumed call\(s\)")
@@ -236,9 +266,59 @@ def test_a_test_asking_another_prompt_first_is_never_called_ahead(
     result = run(pytester, "--selfopt", "--selfopt-concurrency", "4")
     assert result.ret == 0, result.stdout.str()
     assert unconsumed(result) == 0
-    assert "called directly (their first ask is not their case's prompt)" in result.stdout.str()
+    assert (
+        "called directly: benchmarks/test_facts.py::test_facts (its first ask is not its case's "
+        "prompt)" in result.stdout.str()
+    )
     assert server.stats()["max_in_flight"] == 1
     assert server.stats()["requests"] == 2 * 12
+
+
+def test_a_test_that_skips_after_its_call_is_named_for_what_it_did(
+    pytester: pytest.Pytester, sim_server: Callable[..., SimServer]
+) -> None:
+    server = sim_server(MODELS, time_scale=SCALE)
+    make_suite(pytester, config(server, search=False), SKIPS_AFTER_THE_CALL)
+    (pytester.path / "benchmarks" / "facts.yaml").write_text(CASES)
+    result = run(pytester, "--selfopt-concurrency", "4")  # a plain run: one item per case
+    text = result.stdout.str()
+    assert result.ret == 0, text
+    assert unconsumed(result) == 1
+    assert "these tests are now called directly" in text
+    assert (
+        "called directly: benchmarks/test_facts.py::test_facts (an item skipped or asked "
+        "nothing, and its call went unused)" in text
+    )
+    assert "its first ask is not its case's prompt" not in text
+    assert "to be called ahead, a test asks its case's prompt first" not in text
+
+
+def test_calls_left_when_the_session_stops_are_counted_without_blaming_the_test(
+    pytester: pytest.Pytester, sim_server: Callable[..., SimServer]
+) -> None:
+    server = sim_server(MODELS, time_scale=SCALE)
+    make_suite(pytester, config(server, search=False), BUG_IN_CASE_TWO)
+    result = run(pytester, "--selfopt", "--selfopt-concurrency", "4")
+    text = result.stdout.str()
+    assert result.ret == 1, text  # a test bug stops the cycle
+    left = unconsumed(result)
+    assert left >= 1  # the next items' calls were in flight
+    assert (
+        f"unconsumed: made ahead, still unused when the session stopped: "
+        f"benchmarks/test_facts.py::test_facts ({left})" in text
+    )
+    assert "these tests are now called directly" not in text
+    assert "called directly:" not in text
+    # cases one and two, and the calls left (one ended by the stop before it was sent is
+    # counted all the same: the count never says less than what was paid for)
+    assert 2 <= server.stats()["requests"] <= 2 + left
+
+
+def test_the_option_takes_what_the_config_takes(pytester: pytest.Pytester) -> None:
+    for bad in ("0", "1001", "x"):
+        result = run(pytester, "--selfopt-concurrency", bad)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines([f"*--selfopt-concurrency*got '{bad}'*"])
 
 
 def test_plain_runs_call_ahead_too(
@@ -331,6 +411,49 @@ def test_each_xdist_worker_has_calls_in_flight_of_its_own(
 # -- the example suites --------------------------------------------------------------------
 
 
+#: Sends the controller a Ctrl-C once four samples have arrived from the workers.
+INTERRUPT_THE_CONTROLLER = """
+import os, signal
+
+SEEN = []
+WORKER = []
+
+def pytest_configure(config):
+    # not PYTEST_XDIST_WORKER: a test run under xdist passes it on to this subprocess
+    WORKER.append(hasattr(config, "workerinput"))
+
+def pytest_runtest_logreport(report):
+    if not WORKER[0] and report.when == "call":
+        SEEN.append(report.nodeid)
+        if len(SEEN) == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+"""
+
+
+@pytest.mark.slow  # xdist workers
+def test_ctrl_c_under_xdist_says_the_workers_counts_were_lost(
+    pytester: pytest.Pytester, sim_server: Callable[..., SimServer]
+) -> None:
+    server = sim_server(MODELS, time_scale=SCALE)
+    make_suite(pytester, config(server, search=False, runs=20))
+    pytester.makeconftest(INTERRUPT_THE_CONTROLLER)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider"]
+        + ["--selfopt", "--selfopt-concurrency", "4", "-n", "2"],
+        cwd=pytester.path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal
+        check=False,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert (
+        "concurrency 4 per process: 2 xdist worker(s) stopped by the interrupt before sending "
+        "their counts of calls made ahead" in done.stdout
+    ), done.stdout
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("root", ["benchmarks", "benchmarks/noisy"])
 def test_example_suites_in_process_write_the_same_files_and_waste_nothing(
@@ -352,7 +475,7 @@ def test_example_suites_in_process_write_the_same_files_and_waste_nothing(
     concurrent = pytester.runpytest(*args, "--selfopt-concurrency", "8")
     assert concurrent.ret == 0, concurrent.stdout.str()
     assert unconsumed(concurrent) == 0
-    assert "no call made ahead" in concurrent.stdout.str()
+    assert "no call made ahead (simulated models answer at once" in concurrent.stdout.str()
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == want
 
 

@@ -13,10 +13,16 @@ from suites import mini_suite, run, run_subprocess
 #: Registered when pytest imports the conftest, before the session starts and so before the
 #: plugin's own exit handler: atexit runs it after the plugin's (last in, first out).
 CONFTEST = """
-import atexit, gc, json, os
+import atexit, gc, json
 
 KEPT = []
 SEEN = {}
+ROLE = ["main"]
+
+def pytest_configure(config):
+    # not PYTEST_XDIST_WORKER: a test run under xdist passes it on to this subprocess
+    if hasattr(config, "workerinput"):
+        ROLE[0] = config.workerinput["workerid"]
 
 def pytest_sessionfinish(session):
     SEEN["sessionfinish"] = gc.get_freeze_count()
@@ -24,8 +30,7 @@ def pytest_sessionfinish(session):
 
 def _exit():
     SEEN["exit"] = gc.get_freeze_count()
-    role = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    with open(f"freeze-{role}.json", "w") as f:
+    with open(f"freeze-{ROLE[0]}.json", "w") as f:
         json.dump(SEEN, f)
 
 atexit.register(_exit)

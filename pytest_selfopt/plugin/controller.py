@@ -70,7 +70,8 @@ class Controller:
         self.replacing = 0  # samples of an earlier journal this session replaces (no resume)
         self.identity: Identity | None = None
         self.start_notes: list[str] = []
-        self.prefetch_parts: list[PrefetchStats] = []
+        self.prefetch_parts: list[tuple[str, PrefetchStats]] = []  # (xdist worker, its counts)
+        self.workers_started = 0  # xdist workers configured (each sends its counts at its end)
         self.started = False  # pytest_sessionstart ran (pytest calls sessionfinish)
         self.session: pytest.Session | None = None
         self.interrupted = False  # a KeyboardInterrupt ended the session
@@ -518,10 +519,28 @@ class Controller:
             for line in self.summary:
                 terminalreporter.write_line(line)
         lines = PrefetchStats.merged(self.prefetch_parts).lines() if self.prefetch_parts else []
+        lines += self._lost_counts()
         if lines and not self.summary:
             terminalreporter.write_sep("=", "selfopt")
         for line in lines:
             terminalreporter.write_line(line)
+
+    def _lost_counts(self) -> list[str]:
+        """A Ctrl-C stops xdist workers before they send their counts of calls made ahead:
+        say so rather than print nothing (the counts are not known here)."""
+        lost = self.workers_started - len(self.prefetch_parts)
+        if not (self.interrupted and lost > 0):
+            return []
+        concurrency = self.config.getoption("selfopt_concurrency", None)
+        if concurrency is None and self.prepared is not None:
+            concurrency = self.prepared.config.concurrency
+        if not concurrency or concurrency <= 1:
+            return []
+        return [
+            f"concurrency {concurrency} per process: {lost} xdist worker(s) stopped by the "
+            "interrupt before sending their counts of calls made ahead; the calls they had in "
+            "flight were made and not used, and are not counted"
+        ]
 
 
 class ControllerXdist:
@@ -534,7 +553,8 @@ class ControllerXdist:
         """Each worker's calls made ahead and unconsumed calls (plugin/prefetch.py)."""
         data = getattr(node, "workeroutput", {}).get(PREFETCH_OUTPUT_KEY)
         if data is not None:
-            self.controller.prefetch_parts.append(PrefetchStats.from_dict(data))
+            worker = str(getattr(getattr(node, "gateway", None), "id", "worker"))
+            self.controller.prefetch_parts.append((worker, PrefetchStats.from_dict(data)))
 
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
         """Under a cycle or a check, xdist's default ``load`` mode becomes a fixed assignment
@@ -547,6 +567,7 @@ class ControllerXdist:
         return StaticScheduling(config, log)
 
     def pytest_configure_node(self, node: Any) -> None:
+        self.controller.workers_started += 1
         state = self.controller.state
         if state.config_error is not None:
             node.workerinput[CONFIG_ERROR_KEY] = state.config_error

@@ -17,9 +17,9 @@ import pytest
 # First of the plugin's own imports: a Ctrl-C from here on is one line (plugin/startup.py).
 from pytest_selfopt.plugin import startup  # isort: skip
 from pytest_selfopt.argtypes import (
+    concurrency,
     non_negative_int,
     output_path,
-    positive_int,
     run_count,
     whole_number,
 )
@@ -101,7 +101,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--selfopt-concurrency",
-        type=positive_int,
+        type=concurrency,
         metavar="N",
         help="model calls in flight per process (default: `concurrency` in the suite config, 1)",
     )

@@ -59,6 +59,19 @@ OUTPUT_KEY = "selfopt_prefetch"
 SKIPPING_MARKERS = ("skip", "skipif", "xfail")
 
 
+class DirectCause(StrEnum):
+    """Why a test function is no longer called ahead (said in the summary)."""
+
+    ASKED_OTHER = "asked_other"  # its first ask was not its case's prompt
+    LEFT_UNUSED = "left_unused"  # an item skipped, or asked nothing: its call went unused
+
+
+DIRECT_WHY = {
+    DirectCause.ASKED_OTHER: "its first ask is not its case's prompt",
+    DirectCause.LEFT_UNUSED: "an item skipped or asked nothing, and its call went unused",
+}
+
+
 class Learned(StrEnum):
     """What one test function's items were seen to do with the model."""
 
@@ -93,10 +106,14 @@ class PrefetchStats:
     made: int = 0  # calls started ahead of their items
     consumed: int = 0  # ... and taken by their test
     unconsumed: int = 0  # ... and never taken: paid for, unused
-    peak_in_flight: int = 0  # calls made ahead in flight at once, at most
-    unconsumed_by: dict[str, int] = field(default_factory=dict)  # test function -> calls
-    direct: list[str] = field(default_factory=list)  # functions learned to ask otherwise
+    peak_in_flight: int = 0  # calls made ahead at once, at most (waiting for a rate limit too)
+    #: test function -> calls its test did not take (it asked otherwise, skipped, asked nothing)
+    unconsumed_by: dict[str, int] = field(default_factory=dict)
+    #: test function -> calls still unused when the session stopped (-x, Ctrl-C, a test bug)
+    stopped_by: dict[str, int] = field(default_factory=dict)
+    direct: dict[str, DirectCause] = field(default_factory=dict)  # no longer called ahead
     notes: list[str] = field(default_factory=list)  # the runner's (429 slow-downs)
+    simulated: bool = False  # a call was not made ahead: its model answers in simulated time
     processes: int = 1
 
     def to_dict(self) -> dict[str, Any]:
@@ -107,8 +124,10 @@ class PrefetchStats:
             "unconsumed": self.unconsumed,
             "peak_in_flight": self.peak_in_flight,
             "unconsumed_by": dict(self.unconsumed_by),
-            "direct": list(self.direct),
+            "stopped_by": dict(self.stopped_by),
+            "direct": {f: str(cause) for f, cause in self.direct.items()},
             "notes": list(self.notes),
+            "simulated": self.simulated,
             "processes": self.processes,
         }
 
@@ -121,16 +140,19 @@ class PrefetchStats:
             unconsumed=int(data.get("unconsumed", 0)),
             peak_in_flight=int(data.get("peak_in_flight", 0)),
             unconsumed_by={str(k): int(v) for k, v in data.get("unconsumed_by", {}).items()},
-            direct=[str(d) for d in data.get("direct", [])],
+            stopped_by={str(k): int(v) for k, v in data.get("stopped_by", {}).items()},
+            direct={str(f): DirectCause(c) for f, c in data.get("direct", {}).items()},
             notes=[str(n) for n in data.get("notes", [])],
+            simulated=bool(data.get("simulated", False)),
             processes=int(data.get("processes", 1)),
         )
 
     @classmethod
-    def merged(cls, parts: Iterable[PrefetchStats]) -> PrefetchStats:
-        """The counts of several processes (xdist workers) as one."""
+    def merged(cls, parts: Iterable[tuple[str, PrefetchStats]]) -> PrefetchStats:
+        """The counts of several processes (xdist workers, by name) as one; each worker's
+        notes are said with its name."""
         out = cls(processes=0)
-        for p in parts:
+        for worker, p in parts:
             out.concurrency = max(out.concurrency, p.concurrency)
             out.made += p.made
             out.consumed += p.consumed
@@ -138,37 +160,50 @@ class PrefetchStats:
             out.peak_in_flight += p.peak_in_flight
             for name, n in p.unconsumed_by.items():
                 out.unconsumed_by[name] = out.unconsumed_by.get(name, 0) + n
-            out.direct += [d for d in p.direct if d not in out.direct]
-            out.notes += [n for n in p.notes if n not in out.notes]
+            for name, n in p.stopped_by.items():
+                out.stopped_by[name] = out.stopped_by.get(name, 0) + n
+            for name, cause in p.direct.items():
+                out.direct.setdefault(name, cause)
+            out.notes += [f"{worker}: {n}" for n in p.notes]
+            out.simulated = out.simulated or p.simulated
             out.processes += p.processes
         return out
 
     def lines(self) -> list[str]:
         """The session summary's lines; none when nothing ran concurrently or was noted."""
-        if self.concurrency <= 1 and not self.made and not self.notes:
-            return []
+        if self.concurrency <= 1 and not self.made:
+            return list(self.notes)  # one call at a time: only what the rate limits did
         per = f" per process x {self.processes} processes" if self.processes > 1 else ""
         head = f"concurrency {self.concurrency}{per}: "
         if self.made:
             head += (
                 f"{self.made} call(s) made ahead of their tests, at most "
-                f"{self.peak_in_flight} in flight"
+                f"{self.peak_in_flight} at once (waiting for a rate limit included)"
             )
+        elif self.simulated:
+            head += "no call made ahead (simulated models answer at once: nothing to wait for)"
         else:
-            head += "no call made ahead (no test waited on a model over the network)"
+            head += "no call made ahead"
         lines = [f"{head}; {self.unconsumed} unconsumed call(s)"]
-        if self.unconsumed:
+        if self.unconsumed_by:
             named = ", ".join(f"{f} ({n})" for f, n in sorted(self.unconsumed_by.items()))
             lines.append(
                 f"  unconsumed: made ahead and never used by their test (a real call costs "
-                f"money): {named}; these tests are now called directly. Ask the case's prompt "
-                "first (llm.ask(case.prompt)) to be called ahead without waste"
+                f"money): {named}; these tests are now called directly"
+            )
+        if self.stopped_by:
+            named = ", ".join(f"{f} ({n})" for f, n in sorted(self.stopped_by.items()))
+            lines.append(
+                f"  unconsumed: made ahead, still unused when the session stopped: {named}"
             )
         if self.direct:
-            lines.append(
-                f"  called directly (their first ask is not their case's prompt): "
-                f"{', '.join(self.direct)}"
-            )
+            named = "; ".join(f"{f} ({DIRECT_WHY[c]})" for f, c in sorted(self.direct.items()))
+            lines.append(f"  called directly: {named}")
+            if DirectCause.ASKED_OTHER in self.direct.values():
+                lines.append(
+                    "  to be called ahead, a test asks its case's prompt first "
+                    "(llm.ask(case.prompt))"
+                )
         lines += [f"  {note}" for note in self.notes]
         return lines
 
@@ -188,7 +223,7 @@ class Ticket:
         """The answer when the test asks what was called ahead; else None (the test calls the
         model itself, and this call is released: cancelled, or counted as unconsumed)."""
         if prompt != self.call.case.prompt or case is not self.call.case:
-            self.owner.release(self, why=Learned.DIRECT)
+            self.owner.release(self, why=DirectCause.ASKED_OTHER)
             return None
         assert self.future is not None
         try:
@@ -266,13 +301,13 @@ class Prefetcher:
         if ticket.call.is_for(llm):
             llm.prefetched = ticket
         else:
-            self.release(ticket, why=Learned.DIRECT)
+            self.release(ticket, why=DirectCause.ASKED_OTHER)
 
     def after(self, item: pytest.Item, llm: LLM | None) -> None:
         """At the item's end: an untaken ticket is released, and the function is learned."""
         ticket = self._tickets.get(item.nodeid)
         if ticket is not None:
-            self.release(ticket, why=Learned.DIRECT)
+            self.release(ticket, why=DirectCause.LEFT_UNUSED)
         if llm is None or llm.first_ask is None:
             return
         function = function_of(item)
@@ -284,7 +319,7 @@ class Prefetcher:
             self._learned[function] = Learned.AHEAD
             self._cursor = 0  # its later items may be called ahead now
         else:
-            self._refuse(function)
+            self._refuse(function, DirectCause.ASKED_OTHER)
 
     def close(self) -> PrefetchStats:
         """Cancel queued calls and count the running ones never taken. Does not wait for
@@ -297,8 +332,9 @@ class Prefetcher:
 
     # -- tickets -----------------------------------------------------------------------------
 
-    def release(self, ticket: Ticket, *, why: Learned | None) -> None:
-        """Not taken: free when the call has not started, else an unconsumed call."""
+    def release(self, ticket: Ticket, *, why: DirectCause | None) -> None:
+        """Not taken: free when the call has not started, else an unconsumed call (``why``
+        None: the session stopped, which says nothing of the test)."""
         if ticket.done:
             return
         ticket.done = True
@@ -308,10 +344,10 @@ class Prefetcher:
             return
         with self._lock:
             self.stats.unconsumed += 1
-            by = self.stats.unconsumed_by
+            by = self.stats.unconsumed_by if why is not None else self.stats.stopped_by
             by[ticket.function] = by.get(ticket.function, 0) + 1
         if why is not None:
-            self._refuse(ticket.function)
+            self._refuse(ticket.function, why)
 
     def consumed(self, ticket: Ticket) -> None:
         ticket.done = True
@@ -341,13 +377,12 @@ class Prefetcher:
             with self._lock:
                 self._in_flight -= 1
 
-    def _refuse(self, function: str) -> None:
+    def _refuse(self, function: str, cause: DirectCause) -> None:
         """Stop calling ``function`` ahead; its queued calls are cancelled (free)."""
         if self._learned.get(function) is Learned.DIRECT:
             return
         self._learned[function] = Learned.DIRECT
-        if function not in self.stats.direct:
-            self.stats.direct.append(function)
+        self.stats.direct.setdefault(function, cause)
         for ticket in [t for t in self._tickets.values() if t.function == function]:
             assert ticket.future is not None
             if ticket.future.cancel():
@@ -404,7 +439,10 @@ class Prefetcher:
             if route is None:
                 return None
             call = PlannedCall(route.spec, case, 1, tuple(route.fallbacks))
-        return call if self._waits_on_network(call.spec.model) else None
+        if self._waits_on_network(call.spec.model):
+            return call
+        self.stats.simulated = True
+        return None
 
     def _may_race_ahead(self, phase: str, spec: Spec, run: int) -> bool:
         """A raced-out candidate's item never runs; one past ``race_after`` may yet be raced
