@@ -116,6 +116,18 @@ def test_a_429_halves_calls_in_flight_and_answers_bring_them_back() -> None:
     assert "429" in note and "slowed down to 4" in note and "8 at the end" in note
 
 
+def test_a_429_with_one_call_at_a_time_is_not_called_a_slow_down() -> None:
+    lim = limiter(Limits(max_concurrency=3), FakeClock())
+    for throttled in (True, False, True):
+        with lim.permit("x") as permit:
+            permit.throttled = throttled
+            if not throttled:
+                permit.answered(1, 1)
+    note = " ".join(lim.notes())
+    assert "429 (rate limited) 2 time(s), one call at a time" in note
+    assert "slowed down" not in note
+
+
 def test_without_max_concurrency_a_429_still_slows_down_then_lifts_the_bound() -> None:
     clock = FakeClock()
     lim = limiter(Limits(), clock)

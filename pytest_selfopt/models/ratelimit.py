@@ -183,7 +183,13 @@ class Limiter:
     def notes(self) -> list[str]:
         """One line for the session summary when the model was throttled or limited."""
         out: list[str] = []
-        if self.throttled:
+        if self.throttled and self.peak <= 1:  # one call at a time: nothing to slow down
+            out.append(
+                f"{self.alias}: HTTP 429 (rate limited) {self.throttled} time(s), one call at a "
+                f"time (each retried after its backoff); set rpm or tpm for {self.alias} in the "
+                "suite config to stay under the provider's limits"
+            )
+        elif self.throttled:
             now = "no limit" if self.bound is None else f"{self.bound}"
             configured = self.limits.max_concurrency
             cap = f" (max_concurrency {configured})" if configured else ""
