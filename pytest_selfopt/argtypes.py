@@ -22,24 +22,19 @@ def whole_number(text: str, minimum: int | None = None) -> int:
 
 def run_count(text: str) -> int:
     """argparse type for ``--selfopt-runs``: 1 to 1,000 (more would collect millions of items)."""
-    value = whole_number(text, 1)
-    if value > 1000:
-        raise argparse.ArgumentTypeError(
-            f"expected at most 1000 runs per spec (more would collect millions of test items), "
-            f"got {text!r}"
-        )
-    return value
+    return _one_to(text, 1000, "runs per spec (more would collect millions of test items)")
 
 
 def concurrency(text: str) -> int:
     """argparse type for ``--selfopt-concurrency``: 1 to 1,000, as ``concurrency`` in the
     suite config (each call in flight is a thread)."""
+    return _one_to(text, 1000, "calls in flight per process (as `concurrency` in the suite config)")
+
+
+def _one_to(text: str, most: int, what: str) -> int:
     value = whole_number(text, 1)
-    if value > 1000:
-        raise argparse.ArgumentTypeError(
-            f"expected at most 1000 calls in flight per process (as `concurrency` in the suite "
-            f"config), got {text!r}"
-        )
+    if value > most:
+        raise argparse.ArgumentTypeError(f"expected at most {most} {what}, got {text!r}")
     return value
 
 

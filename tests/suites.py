@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +165,20 @@ def run(pytester: pytest.Pytester, *args: str, **kwargs: Any) -> pytest.RunResul
 def run_subprocess(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     """One session in its own interpreter, as users start it (for end-to-end tests)."""
     return pytester.runpytest_subprocess(*args)
+
+
+def run_as_from_a_terminal(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m pytest ARGS`` with SIGINT as a terminal leaves it (a background job of a
+    shell without job control starts with SIGINT ignored), for tests that send a Ctrl-C."""
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        check=False,
+    )
 
 
 def copy_example(pytester: pytest.Pytester, **overrides: Any) -> Path:

@@ -11,9 +11,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import signal
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +19,7 @@ import httpcore  # noqa: F401  (see below)
 import pytest
 import yaml
 from _simserver_fixture import sim_servers
-from suites import EXAMPLE, copy_example
+from suites import EXAMPLE, copy_example, run_as_from_a_terminal
 
 from pytest_selfopt.models.simserver import SimServer, load_sim_models
 
@@ -437,15 +434,10 @@ def test_ctrl_c_under_xdist_says_the_workers_counts_were_lost(
     server = sim_server(MODELS, time_scale=SCALE)
     make_suite(pytester, config(server, search=False, runs=20))
     pytester.makeconftest(INTERRUPT_THE_CONTROLLER)
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider"]
-        + ["--selfopt", "--selfopt-concurrency", "4", "-n", "2"],
-        cwd=pytester.path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal
-        check=False,
+    done = run_as_from_a_terminal(
+        pytester.path,
+        *("benchmarks", "-p", "no:cacheprovider", "--selfopt", "--selfopt-concurrency", "4"),
+        *("-n", "2"),
     )
     assert done.returncode == 2, done.stdout + done.stderr
     assert (

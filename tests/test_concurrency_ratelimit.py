@@ -237,3 +237,23 @@ def test_waiting_for_a_permit_is_not_latency() -> None:
         unregister_provider("one-second")
     assert provider.now == 12.0
     assert [a.latency_s for a in answers] == [1.0] * 12
+
+
+def test_a_call_in_flight_when_the_runner_closes_is_not_retried(
+    sim_server: Callable[..., SimServer],
+) -> None:
+    """The session stopped (Ctrl-C, -x, a test bug) while a call was in flight: closing the
+    runner ends it at once, and no retry is sent after (a real call costs money)."""
+    server = sim_server({"lfm": {**GOOD, "latency_s": 1000.0}})  # 10 s real: still in flight
+    runner = http_runner(server)
+    spec = make_spec("lfm", timeout_s=5000.0, retries=3)
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(lambda: runner.ask(spec, "Q?", case=Case("c0"), run=1))
+        while server.stats()["requests"] < 1:
+            threading.Event().wait(0.005)
+        runner.close()
+        result = answer.result(timeout=30)
+    assert not result.ok and result.error_kind == "connect"
+    assert server.stats()["requests"] == 1  # the first attempt only
+    assert runner.ask(spec, "Q?", case=Case("c1"), run=1).error_kind == "connect"
+    assert server.stats()["requests"] == 1  # nor anything asked after the close

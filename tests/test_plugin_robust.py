@@ -5,10 +5,6 @@ In-process sessions on the mini suite (tests/suites.py); ``-n 2`` where a worker
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-
 import pytest
 from suites import (
     CHECK,
@@ -19,6 +15,7 @@ from suites import (
     history,
     mini_suite,
     run,
+    run_as_from_a_terminal,
     run_subprocess,
     snapshot,
 )
@@ -184,16 +181,8 @@ def test_ctrl_c_before_pytest_imports_the_plugin_is_one_line(
         time.sleep(5)
         """
     )
-    args = [sys.executable, "-m", "pytest", "-p", "no:selfopt", "-p", "no:cacheprovider"]
-    done = subprocess.run(
-        [*args, *(["--selfopt"] if selfopt else [])],
-        cwd=pytester.path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal
-        check=False,
-    )
+    args = ["-p", "no:selfopt", "-p", "no:cacheprovider", *(["--selfopt"] if selfopt else [])]
+    done = run_as_from_a_terminal(pytester.path, *args)
     if selfopt:
         assert done.returncode == 2, done.stdout + done.stderr
         assert done.stderr.strip().splitlines() == [START_LINE] and not done.stdout

@@ -73,6 +73,8 @@ BACKOFF_CAP_S = 8.0
 RETRY_AFTER_CAP_S = 30.0
 WARMUP_BUDGET = 5
 WARMUP_PROMPT = "ping"
+#: Why an attempt after :meth:`Runner.close` was not sent.
+CLOSED = "not sent: the session ended (the runner was closed)"
 
 
 class ModelLike(Protocol):
@@ -161,6 +163,7 @@ class Runner:
         self._clients: dict[tuple[Spec, str], Client] = {}
         self._warm: dict[tuple[str, str], threading.Lock] = {}  # (spec id, alias) warming up
         self._warmed: set[tuple[str, str]] = set()  # (spec id, alias) whose warm-up answered
+        self._closed = False
         self._limiters: dict[str, Limiter] = {}  # alias -> its limits in this process
         self._breakers: dict[str, Breaker] = {}  # endpoint -> its circuit in this process
         self.warmup_attempts = 0  # unmeasured warm-up requests sent, for reports and tests
@@ -209,8 +212,10 @@ class Runner:
         return [note for limiter in limiters for note in limiter.notes()]
 
     def close(self) -> None:
-        """Close every kept (i0) client."""
+        """Close every kept (i0) client; no request is sent after this (a call in flight
+        ends at once and is not retried)."""
         with self._lock:
+            self._closed = True
             clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             client.close()
@@ -239,6 +244,9 @@ class Runner:
         scale = _time_scale(provider)
         breaker = None if simulated_time else self.breaker(provider, alias)
         for k in range(spec.retries + 1):
+            if self._closed:  # the session ended: no new request, not even a retry
+                tally.failed(0.0, ProviderError("connect", CLOSED))
+                return None
             if breaker is not None and not breaker.allow():  # the endpoint is down: no wait
                 if tally.started_at is None:
                     tally.started_at = time.time()
@@ -281,7 +289,7 @@ class Runner:
                     breaker.record(failure.kind)
                 if not failure.retryable or k == spec.retries:
                     return None
-                if breaker is not None and breaker.open:
+                if (breaker is not None and breaker.open) or self._closed:
                     return None  # further attempts would be refused at once: no backoff
                 wait = self._backoff(k, _scaled_retry_after(failure, scale), ref, alias, tally)
                 if not simulated_time:
@@ -349,6 +357,8 @@ class Runner:
                 return
         try:
             for i in range(WARMUP_BUDGET):
+                if self._closed:
+                    return  # the session ended: no ping
                 ref = self._reference(provider, case, 0, i, spec, alias)
                 request = Request(
                     model=self._provider_model(alias),
