@@ -20,7 +20,7 @@ from pytest_selfopt.plugin import interrupts, racing
 from pytest_selfopt.plugin.codec import Collected, payload_of
 from pytest_selfopt.plugin.items import CONFIG_ERROR_MARK, collection_error
 from pytest_selfopt.plugin.prefetch import OUTPUT_KEY as PREFETCH_OUTPUT_KEY
-from pytest_selfopt.plugin.prefetch import PrefetchStats
+from pytest_selfopt.plugin.prefetch import PrefetchStats, lost_counts_line, requested_concurrency
 from pytest_selfopt.plugin.state import SessionState
 from pytest_selfopt.report.common import sample_failures_line
 from pytest_selfopt.store.formats import FilesError
@@ -529,18 +529,11 @@ class Controller:
         """A Ctrl-C stops xdist workers before they send their counts of calls made ahead:
         say so rather than print nothing (the counts are not known here)."""
         lost = self.workers_started - len(self.prefetch_parts)
-        if not (self.interrupted and lost > 0):
+        if not (self.interrupted and lost > 0 and self.prepared is not None):
             return []
-        concurrency = self.config.getoption("selfopt_concurrency", None)
-        if concurrency is None and self.prepared is not None:
-            concurrency = self.prepared.config.concurrency
-        if not concurrency or concurrency <= 1:
-            return []
-        return [
-            f"concurrency {concurrency} per process: {lost} xdist worker(s) stopped by the "
-            "interrupt before sending their counts of calls made ahead; the calls they had in "
-            "flight were made and not used, and are not counted"
-        ]
+        suite = self.prepared.config
+        concurrency = requested_concurrency(self.config, lambda: suite.concurrency)
+        return [lost_counts_line(concurrency, lost)] if concurrency > 1 else []
 
 
 class ControllerXdist:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -473,6 +473,22 @@ class Prefetcher:
                     waits = not getattr(provider, "simulated_time", False)
             self._waits[alias] = waits
         return waits
+
+
+def requested_concurrency(config: pytest.Config, suite: Callable[[], int]) -> int:
+    """Calls in flight per process: ``--selfopt-concurrency``, else ``suite()`` (the suite
+    config's ``concurrency``, read only when the option is not given)."""
+    chosen: int | None = config.getoption("selfopt_concurrency", None)
+    return chosen if chosen is not None else suite()
+
+
+def lost_counts_line(concurrency: int, workers: int) -> str:
+    """What the summary says when xdist workers stopped before sending their counts."""
+    return (
+        f"concurrency {concurrency} per process: {workers} xdist worker(s) stopped by the "
+        "interrupt before sending their counts of calls made ahead; the calls they had in "
+        "flight were made and not used, and are not counted"
+    )
 
 
 def function_of(item: pytest.Item) -> str:

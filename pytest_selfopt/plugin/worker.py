@@ -22,7 +22,13 @@ from pytest_selfopt.plugin.codec import ItemKey, ReportPayload, TestBug, attach,
 from pytest_selfopt.plugin.controller import CONTROLLER_NAME
 from pytest_selfopt.plugin.items import case_of, module_phase, phase_of, point_of
 from pytest_selfopt.plugin.llm import LLM, TransportError
-from pytest_selfopt.plugin.prefetch import OUTPUT_KEY, Prefetcher, PrefetchStats, WorkerQueue
+from pytest_selfopt.plugin.prefetch import (
+    OUTPUT_KEY,
+    Prefetcher,
+    PrefetchStats,
+    WorkerQueue,
+    requested_concurrency,
+)
 from pytest_selfopt.plugin.shard import select_items
 from pytest_selfopt.plugin.state import LLM_KEY, SessionState
 from pytest_selfopt.suite.cases import Case
@@ -180,12 +186,11 @@ class Worker:
         state = self.state
         if state.config_error is not None or state.config_path is None or state.shipment is None:
             return None
-        concurrency: int | None = config.getoption("selfopt_concurrency", None)
-        if concurrency is None:
-            try:
-                concurrency = load_config(state.config_path).concurrency
-            except ConfigError:
-                return None  # the llm fixture reports it
+        path = state.config_path
+        try:
+            concurrency = requested_concurrency(config, lambda: load_config(path).concurrency)
+        except ConfigError:
+            return None  # the llm fixture reports it
         if concurrency <= 1:
             return None
         workerinput = getattr(config, "workerinput", None)
